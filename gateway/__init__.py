@@ -1,0 +1,1 @@
+"""Artifact Lineage Gateway: GraphQL/REST over the artifacts table with MLflow lineage."""

@@ -1,0 +1,93 @@
+"""The application factory: `uvicorn --factory gateway.app:create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+from strawberry.asgi import GraphQL
+
+from gateway.db import init_db, make_engine
+from gateway.errors import GatewayError
+from gateway.gql.context import Context
+from gateway.gql.schema import build_schema
+from gateway.observability import Metrics, RequestContextMiddleware, configure_logging
+from gateway.problems import gateway_error_handler, http_error_handler, unexpected_error_handler
+from gateway.routes import Services, get_artifact, healthz, metrics, readyz, services_of
+from gateway.settings import Settings
+
+# GraphQL documents are small; anything bigger is an attack or a mistake.
+MAX_BODY_BYTES = 256 * 1024
+
+log = structlog.get_logger("gateway")
+
+
+class GatewayGraphQL(GraphQL[Context, None]):
+    """Strawberry's ASGI app with the gateway's typed context."""
+
+    async def get_context(self, request: Any, response: Any) -> Context:
+        services = services_of(request)
+        return Context(
+            request=request,
+            response=response,
+            settings=services.settings,
+            engine=services.engine,
+            metrics=services.metrics,
+        )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the gateway; every client and engine is created in the lifespan, none at import."""
+    settings = settings if settings is not None else Settings()
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    metrics_ = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        engine = make_engine(settings.database_url)
+        try:
+            await anyio.to_thread.run_sync(init_db, engine)
+        except SQLAlchemyError as exc:
+            # Serve anyway: /readyz says 503 until the database comes back.
+            log.warning("db.unavailable_at_startup", error=str(exc).splitlines()[0])
+        services = Services(settings=settings, engine=engine, metrics=metrics_)
+        log.info("gateway.started", env=settings.env)
+        try:
+            yield {"services": services}
+        finally:
+            engine.dispose()
+            log.info("gateway.stopped")
+
+    graphql_app = GatewayGraphQL(
+        build_schema(production=settings.production),
+        graphql_ide=None if settings.production else "graphiql",
+        allow_queries_via_get=True,
+    )
+    routes = [
+        Route("/graphql", graphql_app, methods=["GET", "POST"]),
+        Route("/api/artifacts/{artifact_id}", get_artifact, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    exception_handlers: dict[Any, Any] = {
+        GatewayError: gateway_error_handler,
+        HTTPException: http_error_handler,
+        Exception: unexpected_error_handler,
+    }
+    return Starlette(
+        debug=False,
+        routes=routes,
+        middleware=[Middleware(RequestContextMiddleware, metrics=metrics_)],
+        exception_handlers=exception_handlers,
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )

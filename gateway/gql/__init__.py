@@ -1,0 +1,1 @@
+"""The GraphQL API: types, resolvers and the schema with its guardrails."""

@@ -1,0 +1,145 @@
+"""The GraphQL schema: queries, mutations and the guardrails every operation passes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import strawberry
+import structlog
+from graphql import GraphQLError
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
+from strawberry.types import ExecutionContext, Info
+
+from gateway import repository
+from gateway.errors import GatewayError, InvalidInputError
+from gateway.gql.context import Context
+from gateway.gql.cursors import MAX_ID, decode_cursor, encode_cursor
+from gateway.gql.types import (
+    Artifact,
+    ArtifactConnection,
+    ArtifactEdge,
+    ArtifactKind,
+    PageInfo,
+    artifact_from_row,
+)
+
+MAX_DEPTH = 10
+MAX_ALIASES = 15
+MAX_TOKENS = 2000
+DEFAULT_PAGE = 50
+MAX_PAGE = 100
+
+log = structlog.get_logger("gateway.graphql")
+
+
+def _positive_id(value: int, *, name: str = "id") -> int:
+    if value < 1 or value > MAX_ID:
+        raise InvalidInputError(f"{name} must be a positive integer")
+    return value
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="One artifact by id; null when it does not exist.")
+    async def artifact(self, info: Info[Context, None], id: int) -> Artifact | None:
+        ctx = info.context
+        row = await repository.run_in_session(
+            ctx.engine, repository.get_artifact, artifact_id=_positive_id(id)
+        )
+        return artifact_from_row(row) if row is not None else None
+
+    @strawberry.field(description="Artifacts in id order, filtered, paginated (max 100 a page).")
+    async def artifacts(
+        self,
+        info: Info[Context, None],
+        first: int = DEFAULT_PAGE,
+        after: str | None = None,
+        type: ArtifactKind | None = None,
+        symbol: str | None = None,
+        workflow_id: str | None = None,
+        missing_lineage: bool | None = None,
+    ) -> ArtifactConnection:
+        if not 1 <= first <= MAX_PAGE:
+            raise InvalidInputError(f"first must be between 1 and {MAX_PAGE}")
+        after_id = decode_cursor(after) if after is not None else None
+        page = await repository.run_in_session(
+            info.context.engine,
+            repository.list_artifacts,
+            first=first,
+            after_id=after_id,
+            artifact_type=type.value if type is not None else None,
+            symbol=symbol,
+            workflow_id=workflow_id,
+            missing_lineage=missing_lineage,
+        )
+        edges = [
+            ArtifactEdge(cursor=encode_cursor(row.id), node=artifact_from_row(row))
+            for row in page.items
+            if row.id is not None
+        ]
+        return ArtifactConnection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None
+            ),
+        )
+
+
+def is_client_error(error: GraphQLError) -> bool:
+    """Syntax/validation errors and GatewayErrors are safe to show; everything else is masked."""
+    original = error.original_error
+    return original is None or isinstance(original, GatewayError)
+
+
+class GatewaySchema(strawberry.Schema):
+    """Schema that logs each error once through structlog (with the bound request id)."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        for error in errors:
+            if is_client_error(error):
+                log.info("graphql.client_error", message=error.message, path=error.path)
+            else:
+                original = error.original_error
+                log.error(
+                    "graphql.unexpected_error",
+                    message=error.message,
+                    path=error.path,
+                    exc_info=(type(original), original, original.__traceback__)
+                    if original is not None
+                    else None,
+                )
+
+
+def build_schema(*, production: bool = False) -> strawberry.Schema:
+    """The schema with its guardrails; production adds error masking and no introspection."""
+    # Factories, not instances: strawberry builds fresh extensions for every operation.
+    extensions: list[Callable[[], SchemaExtension]] = [
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: ParserCache(maxsize=256),
+        lambda: ValidationCache(maxsize=256),
+    ]
+    if production:
+        extensions += [
+            DisableIntrospection,
+            lambda: MaskErrors(should_mask_error=lambda e: not is_client_error(e)),
+        ]
+    return GatewaySchema(query=Query, extensions=extensions)
+
+
+def export_sdl() -> str:
+    """The SDL checked in as schema.graphql."""
+    sdl: str = build_schema().as_str()
+    return sdl + "\n"

@@ -1,0 +1,100 @@
+"""GraphQL object types, built from table rows by small functions (no SQL here)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from gateway import models
+from gateway.lineage_keys import effective_workflow_id
+
+
+@strawberry.enum(description="What an artifact holds.")
+class ArtifactKind(enum.Enum):
+    CHART = "chart"
+    LLM = "llm"
+    SIGNAL = "signal"
+
+
+def image_url_for(row: models.Artifact) -> str | None:
+    """The gateway's image route for chart artifacts, None for other kinds."""
+    if row.artifact_type == models.ArtifactType.CHART and row.id is not None:
+        return f"/api/artifacts/{row.id}/image"
+    return None
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; the column is UTC by contract."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def kind_of(row: models.Artifact) -> ArtifactKind | None:
+    """The row's kind, or None when another writer stored a type the gateway does not know."""
+    try:
+        return ArtifactKind(row.artifact_type)
+    except ValueError:
+        return None
+
+
+@strawberry.type(description="A stored chart, LLM analysis or trading signal.")
+class Artifact:
+    id: int
+    name: str
+    type: ArtifactKind | None = strawberry.field(
+        description="Null when the row holds a type this gateway does not know."
+    )
+    symbol: str | None
+    workflow_id: str | None = strawberry.field(
+        description="The workflow (DAG run) id: column, else metadata workflow_id or dag_run_id."
+    )
+    created_at: datetime
+    run_id: str | None = strawberry.field(description="MLflow run id of the producing run.")
+    experiment_id: str | None = strawberry.field(description="MLflow experiment id.")
+    chart_data: JSON | None
+    metadata: JSON | None
+    image_url: str | None = strawberry.field(
+        description="Gateway URL of the chart PNG; null for non-chart artifacts."
+    )
+    row: strawberry.Private[models.Artifact]
+
+
+def artifact_from_row(row: models.Artifact) -> Artifact:
+    """Build the GraphQL artifact from a table row."""
+    assert row.id is not None
+    meta: Any = row.meta
+    return Artifact(
+        id=row.id,
+        name=row.name,
+        type=kind_of(row),
+        symbol=row.symbol,
+        workflow_id=effective_workflow_id(row),
+        created_at=as_utc(row.created_at),
+        run_id=row.run_id,
+        experiment_id=row.experiment_id,
+        chart_data=row.chart_data,
+        metadata=meta,
+        image_url=image_url_for(row),
+        row=row,
+    )
+
+
+@strawberry.type
+class ArtifactEdge:
+    cursor: str
+    node: Artifact
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type(description="A page of artifacts in id order (Relay connection).")
+class ArtifactConnection:
+    edges: list[ArtifactEdge]
+    page_info: PageInfo

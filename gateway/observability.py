@@ -1,0 +1,159 @@
+"""Structured logging, Prometheus metrics and the request-id/access-log middleware."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+log = structlog.get_logger("gateway")
+
+
+def configure_logging(*, log_format: str, level: str = "info") -> None:
+    """Configure structlog once per process: JSON lines, or console output when asked for.
+
+    structlog's configuration is process-wide; later calls (a second app in the same process,
+    a test capturing events) keep the configuration already in place.
+    """
+    if structlog.is_configured():
+        return
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor
+    if log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    else:
+        shared.append(structlog.processors.dict_tracebacks)
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        # Tests capture events by reconfiguring; cached loggers would miss that.
+        cache_logger_on_first_use=False,
+    )
+
+
+@dataclass
+class Metrics:
+    """Every Prometheus metric of one app, in a registry of its own (no process globals)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.http_requests = Counter(
+            "gateway_http_requests_total",
+            "HTTP requests served.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "gateway_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["method", "route"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.graphql_errors = Counter(
+            "gateway_graphql_errors_total",
+            "GraphQL errors returned, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.lineage_resolutions = Counter(
+            "gateway_lineage_resolutions_total",
+            "Lineage resolutions on read.",
+            ["status", "source"],
+            registry=r,
+        )
+        self.lineage_repairs = Counter(
+            "gateway_lineage_repairs_total",
+            "Rows handled by lineage repair, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.mlflow_request_seconds = Histogram(
+            "gateway_mlflow_request_seconds",
+            "MLflow lookups made by the lineage resolver.",
+            ["operation", "outcome"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+        )
+        self.missing_lineage = Gauge(
+            "gateway_artifacts_missing_lineage",
+            "Artifacts still lacking run or experiment id (refreshed by repair runs).",
+            registry=r,
+        )
+
+
+def _request_id_from(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            candidate = str(value.decode("latin-1"))
+            if _VALID_REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Bind a request id to every log line, echo it, log one access event, count and time."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id_from(scope)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            route_label = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.http_requests.labels(method, route_label, str(status)).inc()
+            self.metrics.http_latency.labels(method, route_label).observe(elapsed)
+            log.info(
+                "http.request",
+                method=method,
+                path=scope["path"],
+                route=route_label,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+            )
+            structlog.contextvars.clear_contextvars()

@@ -1,0 +1,146 @@
+"""Data access for the artifacts table: keyword-only functions over a SQLModel session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import anyio.to_thread
+from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy.engine import CursorResult, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlmodel import Session, col, select
+
+from gateway.errors import DatabaseUnavailableError
+from gateway.models import Artifact
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of artifacts walked by id, and whether more follow."""
+
+    items: Sequence[Artifact]
+    has_next: bool
+
+
+def _metadata_text(key: str) -> ColumnElement[str]:
+    return Artifact.__table__.c.metadata[key].as_string()  # type: ignore[attr-defined, no-any-return]
+
+
+def effective_workflow_id_expr() -> ColumnElement[str]:
+    """SQL for the workflow id used by lineage: column, else metadata workflow_id/dag_run_id."""
+    return func.coalesce(
+        func.nullif(col(Artifact.workflow_id), ""),
+        _metadata_text("workflow_id"),
+        _metadata_text("dag_run_id"),
+    )
+
+
+def missing_lineage_expr() -> ColumnElement[bool]:
+    """SQL for rows lacking either lineage id."""
+    return or_(col(Artifact.run_id).is_(None), col(Artifact.experiment_id).is_(None))
+
+
+def get_artifact(session: Session, *, artifact_id: int) -> Artifact | None:
+    """The artifact with this id, or None."""
+    return session.get(Artifact, artifact_id)
+
+
+def list_artifacts(
+    session: Session,
+    *,
+    first: int,
+    after_id: int | None = None,
+    artifact_type: str | None = None,
+    symbol: str | None = None,
+    workflow_id: str | None = None,
+    missing_lineage: bool | None = None,
+) -> Page:
+    """Up to `first` artifacts with id greater than `after_id`, in id order, filtered."""
+    conditions: list[ColumnElement[bool]] = []
+    if after_id is not None:
+        conditions.append(col(Artifact.id) > after_id)
+    if artifact_type is not None:
+        conditions.append(col(Artifact.artifact_type) == artifact_type)
+    if symbol is not None:
+        conditions.append(col(Artifact.symbol) == symbol)
+    if workflow_id is not None:
+        conditions.append(effective_workflow_id_expr() == workflow_id)
+    if missing_lineage is True:
+        conditions.append(missing_lineage_expr())
+    elif missing_lineage is False:
+        conditions.append(~missing_lineage_expr())
+    statement = (
+        select(Artifact).where(and_(True, *conditions)).order_by(col(Artifact.id)).limit(first + 1)
+    )
+    rows = list(session.exec(statement).all())
+    return Page(items=rows[:first], has_next=len(rows) > first)
+
+
+def count_missing_lineage(session: Session) -> int:
+    """How many artifacts still lack a run id or experiment id."""
+    statement = select(func.count()).select_from(Artifact).where(missing_lineage_expr())
+    return int(session.exec(statement).one())
+
+
+def set_lineage_if_null(
+    session: Session, *, artifact_id: int, run_id: str, experiment_id: str
+) -> bool:
+    """Compare-and-set: write both ids only where the row still has no run id; True if written.
+
+    A null experiment id beside a stored run id is filled in only when the run ids agree,
+    so a non-null value is never overwritten.
+    """
+    table = Artifact.__table__  # type: ignore[attr-defined]
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(table)
+            .where(table.c.id == artifact_id, table.c.run_id.is_(None))
+            .values(
+                run_id=run_id, experiment_id=func.coalesce(table.c.experiment_id, experiment_id)
+            )
+        ),
+    )
+    if result.rowcount == 0:
+        result = cast(
+            CursorResult[Any],
+            session.execute(
+                update(table)
+                .where(
+                    table.c.id == artifact_id,
+                    table.c.run_id == run_id,
+                    table.c.experiment_id.is_(None),
+                )
+                .values(experiment_id=experiment_id)
+            ),
+        )
+    return bool(result.rowcount)
+
+
+def add_artifact(session: Session, *, artifact: Artifact) -> int:
+    """Insert one artifact and return its new id."""
+    session.add(artifact)
+    session.flush()
+    assert artifact.id is not None
+    return artifact.id
+
+
+async def run_in_session(engine: Engine, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """Run `fn(session, **kwargs)` in a worker thread; a dead database becomes a 503 error."""
+
+    def call() -> T:
+        try:
+            with Session(engine, expire_on_commit=False) as session:
+                result = fn(session, **kwargs)
+                session.commit()
+                return result
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                raise DatabaseUnavailableError("the database is unavailable") from exc
+            raise
+
+    return await anyio.to_thread.run_sync(call)

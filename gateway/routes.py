@@ -1,0 +1,106 @@
+"""REST routes: artifact JSON for existing clients, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway import repository
+from gateway.errors import InvalidInputError, NotFoundError
+from gateway.gql.cursors import MAX_ID
+from gateway.gql.types import as_utc, image_url_for
+from gateway.lineage_keys import effective_workflow_id
+from gateway.models import Artifact
+from gateway.observability import Metrics
+from gateway.settings import Settings
+
+READY_TIMEOUT_S = 3.0
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
+
+
+@dataclass
+class Services:
+    """What the lifespan builds once and every route and resolver shares."""
+
+    settings: Settings
+    engine: Engine
+    metrics: Metrics
+
+
+def services_of(request: Request) -> Services:
+    """The app's shared services, put in request state by the lifespan."""
+    services: Services = request.state.services
+    return services
+
+
+def parse_artifact_id(raw: str) -> int:
+    """A positive artifact id from a path segment; InvalidInputError otherwise."""
+    if not _DIGITS.match(raw) or not 1 <= int(raw) <= MAX_ID:
+        raise InvalidInputError(f"artifact id must be a positive integer, got {raw[:40]!r}")
+    return int(raw)
+
+
+def artifact_json(row: Artifact) -> dict[str, Any]:
+    """The snake_case JSON the existing REST clients read."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "artifact_type": row.artifact_type,
+        "symbol": row.symbol,
+        "workflow_id": effective_workflow_id(row),
+        "run_id": row.run_id,
+        "experiment_id": row.experiment_id,
+        "chart_data": row.chart_data,
+        "metadata": row.meta,
+        "image_url": image_url_for(row),
+        "created_at": as_utc(row.created_at).isoformat(),
+    }
+
+
+async def get_artifact(request: Request) -> Response:
+    """GET /api/artifacts/{id}."""
+    services = services_of(request)
+    artifact_id = parse_artifact_id(request.path_params["artifact_id"])
+    row = await repository.run_in_session(
+        services.engine, repository.get_artifact, artifact_id=artifact_id
+    )
+    if row is None:
+        raise NotFoundError(f"artifact {artifact_id} does not exist")
+    return JSONResponse(artifact_json(row))
+
+
+async def healthz(_request: Request) -> Response:
+    """The process is up and serving."""
+    return JSONResponse({"status": "ok"})
+
+
+def _ping(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+async def readyz(request: Request) -> Response:
+    """The database answers within a few seconds; 503 otherwise."""
+    services = services_of(request)
+    try:
+        with anyio.fail_after(READY_TIMEOUT_S):
+            await anyio.to_thread.run_sync(_ping, services.engine, abandon_on_cancel=True)
+    except Exception as exc:
+        return JSONResponse(
+            {"status": "unavailable", "database": type(exc).__name__}, status_code=503
+        )
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of this app's registry."""
+    registry = services_of(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

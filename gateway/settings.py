@@ -1,0 +1,70 @@
+"""Service settings: read once from the environment into one frozen object."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads from its environment, with defaults that run locally."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
+
+    env: Literal["development", "production"] = Field(
+        default="development", validation_alias="GATEWAY_ENV"
+    )
+    database_url: str = Field(default="sqlite:///./var/gateway.db", validation_alias="DATABASE_URL")
+    mlflow_tracking_uri: str = Field(
+        default="sqlite:///./var/mlflow.db", validation_alias="MLFLOW_TRACKING_URI"
+    )
+    mlflow_ui_url: str | None = Field(default=None, validation_alias="MLFLOW_UI_URL")
+
+    minio_endpoint: str | None = Field(default=None, validation_alias="MINIO_ENDPOINT")
+    minio_access_key: str | None = Field(default=None, validation_alias="MINIO_ACCESS_KEY")
+    minio_secret_key: SecretStr | None = Field(default=None, validation_alias="MINIO_SECRET_KEY")
+    minio_secure: bool = Field(default=False, validation_alias="MINIO_SECURE")
+    minio_region: str = Field(default="us-east-1", validation_alias="MINIO_REGION")
+    minio_allowed_buckets: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("charts",), validation_alias="MINIO_ALLOWED_BUCKETS"
+    )
+
+    admin_token: SecretStr | None = Field(default=None, validation_alias="GATEWAY_ADMIN_TOKEN")
+    log_format: Literal["json", "console"] = Field(
+        default="json", validation_alias="GATEWAY_LOG_FORMAT"
+    )
+    log_level: str = Field(default="info", validation_alias="GATEWAY_LOG_LEVEL")
+
+    image_cache_mb: int = Field(default=64, ge=0, validation_alias="GATEWAY_IMAGE_CACHE_MB")
+    render_concurrency: int = Field(default=2, ge=1, validation_alias="GATEWAY_RENDER_CONCURRENCY")
+    render_timeout_s: float = Field(default=10.0, gt=0, validation_alias="GATEWAY_RENDER_TIMEOUT_S")
+    max_bars: int = Field(default=2000, ge=10, validation_alias="GATEWAY_MAX_BARS")
+    mlflow_timeout_s: float = Field(default=2.0, gt=0, validation_alias="GATEWAY_MLFLOW_TIMEOUT_S")
+    mlflow_concurrency: int = Field(default=8, ge=1, validation_alias="GATEWAY_MLFLOW_CONCURRENCY")
+    lineage_cache_ttl_s: float = Field(
+        default=300.0, ge=0, validation_alias="GATEWAY_LINEAGE_CACHE_TTL_S"
+    )
+    lineage_miss_ttl_s: float = Field(
+        default=30.0, ge=0, validation_alias="GATEWAY_LINEAGE_MISS_TTL_S"
+    )
+    minio_timeout_s: float = Field(default=3.0, gt=0, validation_alias="GATEWAY_MINIO_TIMEOUT_S")
+    minio_max_object_mb: int = Field(
+        default=16, ge=1, validation_alias="GATEWAY_MINIO_MAX_OBJECT_MB"
+    )
+
+    @field_validator("minio_allowed_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, value: object) -> object:
+        # Operators write a comma-separated list in the environment.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def production(self) -> bool:
+        """True when running with production guardrails (masked errors, no introspection)."""
+        return self.env == "production"

@@ -1,0 +1,107 @@
+"""Fixture chain settings -> app -> client, on SQLite and (when reachable) PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.db import init_db, make_engine
+from gateway.models import Artifact
+from gateway.settings import Settings
+from tests.servers import postgres_schema, postgres_unreachable_reason
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+_pg_reason: list[str | None] = []
+
+
+def _require_postgres() -> None:
+    if not _pg_reason:
+        _pg_reason.append(postgres_unreachable_reason())
+    reason = _pg_reason[0]
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI must run the PostgreSQL tests)")
+        print(f"\nskipping PostgreSQL test: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        return
+    _require_postgres()
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the test database with the artifacts table created."""
+    engine = make_engine(database_url)
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """Settings for one test: its own database, an MLflow store nobody else uses."""
+    return Settings(
+        database_url=database_url,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        env="development",
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Starlette:
+    """The gateway built from the test's settings."""
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Starlette, engine: Engine) -> Iterator[TestClient]:
+    """A client whose lifespan runs; the table exists before the first request."""
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def insert(engine: Engine) -> Callable[..., int]:
+    """Insert one artifact row with sensible defaults; returns its id."""
+
+    def _insert(**fields: Any) -> int:
+        fields.setdefault("name", "artifact")
+        fields.setdefault("artifact_type", "chart")
+        with Session(engine) as session:
+            row = Artifact(**fields)
+            session.add(row)
+            session.commit()
+            assert row.id is not None
+            return row.id
+
+    return _insert
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[dict[str, Any]]]:
+    """Every structlog event emitted during the test, as dicts, with context vars merged."""
+    capture = structlog.testing.LogCapture()
+    previous = structlog.get_config()["processors"]
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        yield capture.entries
+    finally:
+        structlog.configure(processors=previous)

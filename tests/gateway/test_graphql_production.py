@@ -1,0 +1,75 @@
+"""Production mode: no GraphiQL, no introspection, unexpected errors masked but logged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.settings import Settings
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    # SQLite only: it lets a test store a timestamp no driver can parse, as foreign writers do.
+    return f"sqlite:///{tmp_path / 'gateway.db'}"
+
+
+@pytest.fixture
+def production_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+    app = create_app(settings.model_copy(update={"env": "production"}))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def messages(body: dict[str, Any]) -> list[str]:
+    return [e["message"] for e in body.get("errors") or []]
+
+
+def test_production_serves_no_graphiql(production_client: TestClient) -> None:
+    page = production_client.get("/graphql", headers={"accept": "text/html"})
+    assert "graphiql" not in page.text.lower()
+
+
+def test_production_refuses_introspection(production_client: TestClient) -> None:
+    body = production_client.post("/graphql", json={"query": "{ __schema { types { name } } }"})
+    assert any("introspection" in m.lower() for m in messages(body.json()))
+
+
+def test_production_keeps_client_error_messages(production_client: TestClient) -> None:
+    body = production_client.post("/graphql", json={"query": "{ artifact(id: -5) { id } }"})
+    assert messages(body.json()) == ["id must be a positive integer"]
+
+
+def test_production_masks_unexpected_errors_and_logs_them_with_the_request_id(
+    production_client: TestClient,
+    engine: Engine,
+    insert: Callable[..., int],
+    log_events: list[dict[str, Any]],
+) -> None:
+    artifact_id = insert(name="corrupt")
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE artifacts SET created_at = 'not a time' WHERE id = :id"),
+            {"id": artifact_id},
+        )
+    response = production_client.post(
+        "/graphql",
+        json={"query": "{ artifact(id: %d) { id createdAt } }" % artifact_id},
+        headers={"x-request-id": "req-mask-1"},
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert messages(body) == ["Unexpected error."]
+    assert "Traceback" not in response.text
+    assert "not a time" not in response.text
+    logged = [e for e in log_events if e["event"] == "graphql.unexpected_error"]
+    assert len(logged) == 1
+    assert logged[0]["request_id"] == "req-mask-1"
+    assert logged[0]["exc_info"] is not None

@@ -43,5 +43,5 @@ def test_settings_are_frozen() -> None:
 
 def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_RENDER_CONCURRENCY", "0")
-    with pytest.raises(ValueError, match="render_concurrency"):
+    with pytest.raises(ValueError, match="GATEWAY_RENDER_CONCURRENCY"):
         Settings()

@@ -1,0 +1,26 @@
+"""chartkit: parse stored OHLCV snapshots and render the house technical chart, deterministically.
+
+A library: no web, no database, no pyplot, no global state.
+"""
+
+from chartkit import indicators
+from chartkit.render import THEMES, render_chart, resample_bars
+from chartkit.sample import random_walk_bars
+from chartkit.snapshot import SnapshotError, extract_snapshot, load_snapshot
+from chartkit.spec import ChartSpec
+
+# Bumped whenever the same inputs would render different bytes (cache keys include it).
+__version__ = "1.0.0"
+
+__all__ = [
+    "THEMES",
+    "ChartSpec",
+    "SnapshotError",
+    "__version__",
+    "extract_snapshot",
+    "indicators",
+    "load_snapshot",
+    "random_walk_bars",
+    "render_chart",
+    "resample_bars",
+]

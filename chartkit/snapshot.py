@@ -1,0 +1,241 @@
+"""Parse the market-data snapshots DAGs have stored into one clean OHLCV frame."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ("open", "high", "low", "close", "volume")
+REQUIRED = ("open", "high", "low", "close")
+
+# Every spelling DAGs have written, lower-cased; capitalised names fold onto these.
+_ALIASES: dict[str, str] = {
+    "t": "timestamp",
+    "ts": "timestamp",
+    "time": "timestamp",
+    "timestamp": "timestamp",
+    "date": "timestamp",
+    "datetime": "timestamp",
+    "o": "open",
+    "open": "open",
+    "h": "high",
+    "high": "high",
+    "l": "low",
+    "low": "low",
+    "c": "close",
+    "close": "close",
+    "v": "volume",
+    "volume": "volume",
+    "vol": "volume",
+}
+_BAR_LIST_KEYS = ("bars", "data", "candles", "ohlcv")
+_NS_PER_S = 1_000_000_000
+# Epoch magnitudes: below 1e11 is seconds (until year 5138), then ms, us, ns.
+_UNIT_BOUNDS = ((1e11, _NS_PER_S), (1e14, 1_000_000), (1e17, 1_000), (math.inf, 1))
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+_MIN_NS = pd.Timestamp.min.value
+_MAX_NS = pd.Timestamp.max.value
+
+
+class SnapshotError(ValueError):
+    """The snapshot cannot be turned into OHLCV bars; the message names the problem."""
+
+
+def extract_snapshot(obj: Any) -> Any:
+    """The snapshot inside a whole artifact row or its metadata; else `obj` itself."""
+    if isinstance(obj, Mapping):
+        if "market_data_snapshot" in obj:
+            return obj["market_data_snapshot"]
+        meta = obj.get("metadata")
+        if isinstance(meta, Mapping) and "market_data_snapshot" in meta:
+            return meta["market_data_snapshot"]
+    return obj
+
+
+def load_snapshot(obj: Any) -> pd.DataFrame:
+    """OHLCV bars from any shape DAGs have stored, as a clean UTC-indexed float frame.
+
+    Accepts a list of bar dicts, `{"bars": [...]}` (also `data`, `candles`, `ohlcv`), column
+    dicts `{"timestamp": [...], "open": [...], ...}`, or any of these JSON-encoded in a string.
+    Keys may be `t/ts/time/timestamp/date`, `o/h/l/c/v` or full names in any case; timestamps
+    may be epoch seconds, milliseconds, microseconds, nanoseconds or ISO-8601 strings (naive
+    means UTC). Volume is optional: when absent the column is all NaN and renderers omit the
+    volume pane. The result is sorted by time with duplicate timestamps keeping the last bar.
+
+    Raises SnapshotError for empty input, missing columns, non-numeric, non-finite or negative
+    values, highs below open/close or lows above them, and unparseable timestamps.
+    """
+    columns = _columns_of(obj)
+    n = len(columns["timestamp"])
+    if n == 0:
+        raise SnapshotError("snapshot has no bars")
+    index_ns = np.fromiter(
+        (_timestamp_ns(v, i) for i, v in enumerate(columns["timestamp"])), dtype=np.int64, count=n
+    )
+    data: dict[str, np.ndarray[Any, np.dtype[np.float64]]] = {}
+    for name in COLUMNS:
+        values = columns.get(name)
+        if values is None:
+            data[name] = np.full(n, np.nan)
+            continue
+        if len(values) != n:
+            raise SnapshotError(f"column {name!r} has {len(values)} values for {n} timestamps")
+        data[name] = np.fromiter(
+            (_number(v, name, i) for i, v in enumerate(values)), dtype=np.float64, count=n
+        )
+    _check_bars(data)
+    frame = pd.DataFrame(
+        data,
+        index=pd.DatetimeIndex(pd.to_datetime(index_ns, unit="ns", utc=True), name="timestamp"),
+    )
+    frame = frame[~frame.index.duplicated(keep="last")].sort_index(kind="stable")
+    return frame
+
+
+def _columns_of(obj: Any) -> dict[str, list[Any]]:
+    if isinstance(obj, (str, bytes)):
+        try:
+            obj = json.loads(obj)
+        except (ValueError, RecursionError) as exc:
+            raise SnapshotError("snapshot is a string that is not JSON") from exc
+    if isinstance(obj, Mapping):
+        for key in _BAR_LIST_KEYS:
+            if key in obj:
+                return _columns_of_bars(obj[key])
+        return _columns_of_columns(obj)
+    if isinstance(obj, Sequence):
+        return _columns_of_bars(obj)
+    raise SnapshotError(f"snapshot must be a list of bars or a dict, not {type(obj).__name__}")
+
+
+def _canonical(key: Any) -> str | None:
+    return _ALIASES.get(key.strip().lower()) if isinstance(key, str) else None
+
+
+def _columns_of_bars(bars: Any) -> dict[str, list[Any]]:
+    if not isinstance(bars, Sequence) or isinstance(bars, (str, bytes)):
+        raise SnapshotError(f"bars must be a list, not {type(bars).__name__}")
+    if not bars:
+        raise SnapshotError("snapshot has no bars")
+    columns: dict[str, list[Any]] = {}
+    for i, bar in enumerate(bars):
+        if not isinstance(bar, Mapping):
+            raise SnapshotError(f"bar {i} is {type(bar).__name__}, not an object")
+        seen: dict[str, Any] = {}
+        for key, value in bar.items():
+            name = _canonical(key)
+            if name is not None:
+                seen[name] = value
+        for name in ("timestamp", *REQUIRED):
+            if name not in seen:
+                raise SnapshotError(f"bar {i} has no {name!r}")
+        if i == 0:
+            columns = {name: [] for name in seen}
+        elif seen.keys() != columns.keys():
+            missing = sorted(set(columns) ^ set(seen))
+            raise SnapshotError(f"bar {i} has different fields from bar 0: {missing}")
+        for name, value in seen.items():
+            columns[name].append(value)
+    return columns
+
+
+def _columns_of_columns(obj: Mapping[Any, Any]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {}
+    for key, values in obj.items():
+        name = _canonical(key)
+        if name is None:
+            continue
+        if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
+            raise SnapshotError(f"column {key!r} must be a list")
+        columns[name] = list(values)
+    if not columns:
+        raise SnapshotError("snapshot dict has neither bars nor OHLC columns")
+    for name in ("timestamp", *REQUIRED):
+        if name not in columns:
+            raise SnapshotError(f"snapshot has no {name!r} column")
+    return columns
+
+
+def _number(value: Any, name: str, i: int) -> float:
+    if isinstance(value, bool) or value is None:
+        raise SnapshotError(f"bar {i}: {name} is {value!r}, not a number")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise SnapshotError(f"bar {i}: {name} is {value[:30]!r}, not a number") from None
+    else:
+        raise SnapshotError(f"bar {i}: {name} is {type(value).__name__}, not a number")
+    if not math.isfinite(number):
+        raise SnapshotError(f"bar {i}: {name} is not finite ({number})")
+    if number < 0:
+        raise SnapshotError(f"bar {i}: {name} is negative ({number})")
+    return number
+
+
+def _timestamp_ns(value: Any, i: int) -> int:
+    ns: int
+    if isinstance(value, bool) or value is None:
+        raise SnapshotError(f"bar {i}: timestamp {value!r} is not a time")
+    if isinstance(value, int):
+        factor = next(f for bound, f in _UNIT_BOUNDS if abs(value) < bound)
+        ns = value * factor
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise SnapshotError(f"bar {i}: timestamp {value} is not finite")
+        factor = next(f for bound, f in _UNIT_BOUNDS if abs(value) < bound)
+        # Round to microseconds so 1.5 s and 1500 ms give the same instant.
+        ns = round(value * factor / 1000) * 1000
+    elif isinstance(value, str):
+        ns = _iso_ns(value, i)
+    elif isinstance(value, datetime):
+        ns = _datetime_ns(value)
+    elif isinstance(value, date):
+        ns = _datetime_ns(datetime(value.year, value.month, value.day, tzinfo=UTC))
+    else:
+        raise SnapshotError(f"bar {i}: timestamp is {type(value).__name__}, not a time")
+    if not _MIN_NS <= ns <= _MAX_NS:
+        raise SnapshotError(f"bar {i}: timestamp {value!r} is out of range")
+    return ns
+
+
+def _iso_ns(text: str, i: int) -> int:
+    stripped = text.strip()
+    try:
+        parsed = datetime.fromisoformat(stripped)
+    except ValueError:
+        try:
+            number = float(stripped)
+        except ValueError:
+            raise SnapshotError(f"bar {i}: timestamp {text[:40]!r} is not a time") from None
+        if not math.isfinite(number):
+            raise SnapshotError(f"bar {i}: timestamp {text[:40]!r} is not a time") from None
+        return _timestamp_ns(int(number) if number.is_integer() else number, i)
+    return _datetime_ns(parsed)
+
+
+def _datetime_ns(value: datetime) -> int:
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    # Exact integer arithmetic; the range check happens in the caller.
+    return (aware - _EPOCH) // _ONE_US * 1000
+
+
+def _check_bars(data: dict[str, np.ndarray[Any, np.dtype[np.float64]]]) -> None:
+    o, h, lo, c = data["open"], data["high"], data["low"], data["close"]
+    bad_high = np.flatnonzero(h < np.maximum(o, c))
+    if bad_high.size:
+        i = int(bad_high[0])
+        raise SnapshotError(f"bar {i}: high {h[i]} is below open/close")
+    bad_low = np.flatnonzero(lo > np.minimum(o, c))
+    if bad_low.size:
+        i = int(bad_low[0])
+        raise SnapshotError(f"bar {i}: low {lo[i]} is above open/close")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +20,8 @@ from gateway.db import init_db, make_engine
 from gateway.errors import GatewayError
 from gateway.gql.context import Context
 from gateway.gql.schema import build_schema
+from gateway.lineage import CircuitBreaker, LineageResolver
+from gateway.mlflow_backend import make_backend
 from gateway.observability import Metrics, RequestContextMiddleware, configure_logging
 from gateway.problems import gateway_error_handler, http_error_handler, unexpected_error_handler
 from gateway.routes import Services, get_artifact, healthz, metrics, readyz, services_of
@@ -41,7 +44,25 @@ class GatewayGraphQL(GraphQL[Context, None]):
             settings=services.settings,
             engine=services.engine,
             metrics=services.metrics,
+            resolver=services.resolver,
+            lineage=services.resolver.request(),
         )
+
+
+def build_resolver(settings: Settings, metrics: Metrics) -> LineageResolver:
+    """The process-wide lineage resolver configured from settings."""
+    return LineageResolver(
+        make_backend(settings.mlflow_tracking_uri, timeout_s=settings.mlflow_timeout_s),
+        metrics=metrics,
+        timeout_s=settings.mlflow_timeout_s,
+        concurrency=settings.mlflow_concurrency,
+        hit_ttl_s=settings.lineage_cache_ttl_s,
+        miss_ttl_s=settings.lineage_miss_ttl_s,
+        breaker=CircuitBreaker(
+            threshold=settings.mlflow_breaker_threshold,
+            cooldown_s=settings.mlflow_breaker_cooldown_s,
+        ),
+    )
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -58,11 +79,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except SQLAlchemyError as exc:
             # Serve anyway: /readyz says 503 until the database comes back.
             log.warning("db.unavailable_at_startup", error=str(exc).splitlines()[0])
-        services = Services(settings=settings, engine=engine, metrics=metrics_)
+        resolver = build_resolver(settings, metrics_)
+        warm_up = asyncio.create_task(resolver.backend.warm_up())
+        services = Services(settings=settings, engine=engine, metrics=metrics_, resolver=resolver)
         log.info("gateway.started", env=settings.env)
         try:
             yield {"services": services}
         finally:
+            warm_up.cancel()
+            await resolver.backend.aclose()
             engine.dispose()
             log.info("gateway.stopped")
 

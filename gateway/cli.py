@@ -6,8 +6,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.repair import RepairReport
 
 
 def _serve(args: argparse.Namespace, _settings: Settings) -> int:
@@ -61,6 +69,87 @@ def _export_schema(args: argparse.Namespace, _settings: Settings) -> int:
     return 0
 
 
+def _repair_lineage(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from gateway.app import build_resolver
+    from gateway.db import make_engine
+    from gateway.observability import Metrics
+    from gateway.repair import repair_lineage
+
+    engine = make_engine(settings.database_url)
+    resolver = build_resolver(settings, Metrics())
+    console = Console(stderr=False)
+
+    async def run() -> RepairReport:
+        await resolver.backend.warm_up()
+        try:
+            with _progress(console) as progress:
+                task = progress.add_task("repairing lineage", total=args.limit)
+                return await repair_lineage(
+                    engine=engine,
+                    resolver=resolver,
+                    workflow_id=args.workflow_id,
+                    limit=args.limit,
+                    dry_run=args.dry_run,
+                    batch_size=args.batch_size,
+                    on_batch=lambda report: progress.update(task, completed=report.scanned),
+                )
+        finally:
+            await resolver.backend.aclose()
+
+    try:
+        report = asyncio.run(run())
+    except Exception as exc:
+        console.print(f"[red]repair failed:[/red] {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        engine.dispose()
+    console.print(_summary_table(report))
+    if report.unavailable:
+        console.print(
+            f"[yellow]{report.unavailable} rows could not be resolved because MLflow "
+            "was unavailable; run again when it is back.[/yellow]"
+        )
+        return 1
+    return 0
+
+
+def _progress(console: Console) -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=True,
+    )
+
+
+def _summary_table(report: RepairReport) -> Table:
+    table = Table(
+        title="lineage repair" + (" (dry run: nothing written)" if report.dry_run else "")
+    )
+    table.add_column("outcome")
+    table.add_column("rows", justify="right")
+    table.add_row("scanned", str(report.scanned))
+    table.add_row("would repair" if report.dry_run else "repaired", str(report.repaired))
+    table.add_row("already linked", str(report.already_linked))
+    table.add_row("unresolved", str(report.unresolved))
+    table.add_row("unavailable", str(report.unavailable))
+    return table
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="gateway", description="Artifact Lineage Gateway")
@@ -79,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_demo_data
     )
 
+    repair = sub.add_parser("repair-lineage", help="write resolved MLflow ids to legacy rows")
+    repair.add_argument("--dry-run", action="store_true", help="report, write nothing")
+    repair.add_argument("--limit", type=_positive_int, help="scan at most N rows")
+    repair.add_argument("--workflow-id", help="only rows of this workflow")
+    repair.add_argument("--batch-size", type=_positive_int, default=200)
+    repair.set_defaults(handler=_repair_lineage)
+
     export = sub.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("-o", "--output", help="write to this file instead of stdout")
     export.set_defaults(handler=_export_schema)
@@ -91,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     settings = Settings()
-    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    # Logs go to stderr so the command's own output (tables, SDL) stays clean on stdout.
+    configure_logging(log_format=settings.log_format, level=settings.log_level, stream=sys.stderr)
     code: int = args.handler(args, settings)
     return code
 

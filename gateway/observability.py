@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -19,7 +20,9 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = structlog.get_logger("gateway")
 
 
-def configure_logging(*, log_format: str, level: str = "info") -> None:
+def configure_logging(
+    *, log_format: str, level: str = "info", stream: TextIO | None = None
+) -> None:
     """Configure structlog once per process: JSON lines, or console output when asked for.
 
     structlog's configuration is process-wide; later calls (a second app in the same process,
@@ -34,7 +37,7 @@ def configure_logging(*, log_format: str, level: str = "info") -> None:
     ]
     renderer: structlog.types.Processor
     if log_format == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stdout).isatty())
     else:
         shared.append(structlog.processors.dict_tracebacks)
         renderer = structlog.processors.JSONRenderer()
@@ -43,7 +46,7 @@ def configure_logging(*, log_format: str, level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
         # Tests capture events by reconfiguring; cached loggers would miss that.
         cache_logger_on_first_use=False,
     )

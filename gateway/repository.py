@@ -121,6 +121,25 @@ def set_lineage_if_null(
     return bool(result.rowcount)
 
 
+def set_workflow_lineage_if_null(
+    session: Session, *, workflow_id: str, run_id: str, experiment_id: str
+) -> int:
+    """Compare-and-set on every row of a workflow whose run id is null; returns rows written."""
+    table = Artifact.__table__  # type: ignore[attr-defined]
+    result = cast(
+        CursorResult[Any],
+        session.execute(
+            update(table)
+            .where(effective_workflow_id_expr() == workflow_id, table.c.run_id.is_(None))
+            .values(
+                run_id=run_id, experiment_id=func.coalesce(table.c.experiment_id, experiment_id)
+            )
+            .execution_options(synchronize_session=False)
+        ),
+    )
+    return int(result.rowcount)
+
+
 def add_artifact(session: Session, *, artifact: Artifact) -> int:
     """Insert one artifact and return its new id."""
     session.add(artifact)

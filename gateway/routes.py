@@ -17,6 +17,7 @@ from gateway import repository
 from gateway.errors import InvalidInputError, NotFoundError
 from gateway.gql.cursors import MAX_ID
 from gateway.gql.types import as_utc, image_url_for
+from gateway.lineage import Lineage, LineageResolver, experiment_url, run_url
 from gateway.lineage_keys import effective_workflow_id
 from gateway.models import Artifact
 from gateway.observability import Metrics
@@ -33,6 +34,7 @@ class Services:
     settings: Settings
     engine: Engine
     metrics: Metrics
+    resolver: LineageResolver
 
 
 def services_of(request: Request) -> Services:
@@ -48,20 +50,34 @@ def parse_artifact_id(raw: str) -> int:
     return int(raw)
 
 
-def artifact_json(row: Artifact) -> dict[str, Any]:
-    """The snake_case JSON the existing REST clients read."""
+def lineage_json(lineage: Lineage, *, ui_url: str | None) -> dict[str, Any]:
+    """The lineage object of REST responses."""
+    return {
+        "status": lineage.status.value,
+        "source": lineage.source.value if lineage.source else None,
+        "reason": lineage.reason,
+        "run_id": lineage.run_id,
+        "experiment_id": lineage.experiment_id,
+        "run_url": run_url(ui_url, lineage),
+        "experiment_url": experiment_url(ui_url, lineage),
+    }
+
+
+def artifact_json(row: Artifact, lineage: Lineage, *, ui_url: str | None) -> dict[str, Any]:
+    """The snake_case JSON the existing REST clients read; ids are the resolved ones."""
     return {
         "id": row.id,
         "name": row.name,
         "artifact_type": row.artifact_type,
         "symbol": row.symbol,
         "workflow_id": effective_workflow_id(row),
-        "run_id": row.run_id,
-        "experiment_id": row.experiment_id,
+        "run_id": lineage.run_id,
+        "experiment_id": lineage.experiment_id,
         "chart_data": row.chart_data,
         "metadata": row.meta,
         "image_url": image_url_for(row),
         "created_at": as_utc(row.created_at).isoformat(),
+        "lineage": lineage_json(lineage, ui_url=ui_url),
     }
 
 
@@ -74,7 +90,8 @@ async def get_artifact(request: Request) -> Response:
     )
     if row is None:
         raise NotFoundError(f"artifact {artifact_id} does not exist")
-    return JSONResponse(artifact_json(row))
+    lineage = await services.resolver.request().of(row)
+    return JSONResponse(artifact_json(row, lineage, ui_url=services.settings.mlflow_ui_base))
 
 
 async def healthz(_request: Request) -> Response:

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     lineage_miss_ttl_s: float = Field(
         default=30.0, ge=0, validation_alias="GATEWAY_LINEAGE_MISS_TTL_S"
     )
+    mlflow_breaker_threshold: int = Field(
+        default=5, ge=1, validation_alias="GATEWAY_MLFLOW_BREAKER_THRESHOLD"
+    )
+    mlflow_breaker_cooldown_s: float = Field(
+        default=15.0, ge=0, validation_alias="GATEWAY_MLFLOW_BREAKER_COOLDOWN_S"
+    )
     minio_timeout_s: float = Field(default=3.0, gt=0, validation_alias="GATEWAY_MINIO_TIMEOUT_S")
     minio_max_object_mb: int = Field(
         default=16, ge=1, validation_alias="GATEWAY_MINIO_MAX_OBJECT_MB"
@@ -68,3 +74,12 @@ class Settings(BaseSettings):
     def production(self) -> bool:
         """True when running with production guardrails (masked errors, no introspection)."""
         return self.env == "production"
+
+    @property
+    def mlflow_ui_base(self) -> str | None:
+        """Base of MLflow UI links: MLFLOW_UI_URL, else an HTTP tracking URI, else none."""
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url
+        if self.mlflow_tracking_uri.startswith(("http://", "https://")):
+            return self.mlflow_tracking_uri
+        return None

@@ -18,7 +18,12 @@ from gateway.app import create_app
 from gateway.db import init_db, make_engine
 from gateway.models import Artifact
 from gateway.settings import Settings
-from tests.servers import postgres_schema, postgres_unreachable_reason
+from tests.servers import (
+    MlflowServer,
+    RecordingProxy,
+    postgres_schema,
+    postgres_unreachable_reason,
+)
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 _pg_reason: list[str | None] = []
@@ -105,3 +110,20 @@ def log_events() -> Iterator[list[dict[str, Any]]]:
         yield capture.entries
     finally:
         structlog.configure(processors=previous)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One real `mlflow server` for the session (it takes ~15 s to start)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mlflow_proxy(mlflow_server: MlflowServer) -> Iterator[RecordingProxy]:
+    """A recording proxy in front of the real MLflow server, fresh for each test."""
+    proxy = RecordingProxy(mlflow_server.url).start()
+    yield proxy
+    proxy.stop()

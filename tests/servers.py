@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import uvicorn
 
@@ -77,3 +83,194 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+class MlflowServer:
+    """A real `mlflow server` subprocess on a free loopback port with a SQLite backend."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 90) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        mlflow = Path(sys.executable).with_name("mlflow")
+        self.process = subprocess.Popen(
+            [
+                str(mlflow),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--default-artifact-root",
+                (self.root / "artifacts").as_uri(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=(self.root / "server.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}"
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    self._warm_up()
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError("mlflow server did not become healthy")
+
+    def _warm_up(self) -> None:
+        # The first searches of a fresh server are slow (query compilation); keep that out of
+        # the tests' tight lookup budgets.
+        for _ in range(2):
+            httpx.post(
+                f"{self.url}/api/2.0/mlflow/experiments/search",
+                json={"max_results": 10},
+                timeout=30,
+            )
+            httpx.post(
+                f"{self.url}/api/2.0/mlflow/runs/search",
+                json={"experiment_ids": ["0"], "filter": "tags.workflow_id = 'x'"},
+                timeout=30,
+            )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
+        self.process = None
+
+
+class RecordingProxy:
+    """An HTTP reverse proxy on loopback that records requests and can delay or go down.
+
+    Sits between the gateway and a real server: the gateway talks to `url`; `requests` lists
+    (method, path, body) of what reached the upstream. `delay_s` holds each request back;
+    `stop()` closes the port (connection refused) and `start()` reopens the same port.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.delay_s = 0.0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def paths(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return [path for _, path, _ in self.requests if path.startswith(prefix)]
+
+    def bodies(self, path: str) -> list[bytes]:
+        with self._lock:
+            return [body for _, p, body in self.requests if p == path]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def start(self) -> RecordingProxy:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if proxy.delay_s:
+                    time.sleep(proxy.delay_s)
+                with proxy._lock:
+                    proxy.requests.append((self.command, self.path.split("?")[0], body))
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in {"host", "content-length", "connection"}
+                }
+                try:
+                    upstream = httpx.request(
+                        self.command,
+                        proxy.upstream + self.path,
+                        content=body,
+                        headers=headers,
+                        timeout=30,
+                    )
+                except httpx.HTTPError:
+                    self.send_error(502)
+                    return
+                self.send_response(upstream.status_code)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in {
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    }:
+                        self.send_header(key, value)
+                self.send_header("content-length", str(len(upstream.content)))
+                self.end_headers()
+                self.wfile.write(upstream.content)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class SilentListener:
+    """A loopback port that accepts TCP connections and never answers (a hung server)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = int(self.sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted.append(conn)  # held open, never read, never answered
+
+    def close(self) -> None:
+        self._stop.set()
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()

@@ -8,6 +8,7 @@ from sqlalchemy.engine import Engine
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.lineage import LineageResolver, RequestLineage
 from gateway.observability import Metrics
 from gateway.settings import Settings
 
@@ -21,3 +22,5 @@ class Context:
     settings: Settings
     engine: Engine
     metrics: Metrics
+    resolver: LineageResolver
+    lineage: RequestLineage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 
 import strawberry
@@ -19,8 +20,8 @@ from strawberry.extensions import (
 )
 from strawberry.types import ExecutionContext, Info
 
-from gateway import repository
-from gateway.errors import GatewayError, InvalidInputError
+from gateway import repair, repository
+from gateway.errors import GatewayError, InvalidInputError, UnauthorizedError
 from gateway.gql.context import Context
 from gateway.gql.cursors import MAX_ID, decode_cursor, encode_cursor
 from gateway.gql.types import (
@@ -37,6 +38,9 @@ MAX_ALIASES = 15
 MAX_TOKENS = 2000
 DEFAULT_PAGE = 50
 MAX_PAGE = 100
+MAX_REPAIR_IDS = 1000
+DEFAULT_REPAIR_LIMIT = 1000
+MAX_REPAIR_LIMIT = 10_000
 
 log = structlog.get_logger("gateway.graphql")
 
@@ -94,6 +98,91 @@ class Query:
         )
 
 
+RepairOutcomeEnum = strawberry.enum(repair.RepairOutcome, name="RepairOutcome")
+
+
+@strawberry.type(description="One row handled by repairLineage.")
+class RepairItem:
+    artifact_id: int
+    run_id: str | None
+    experiment_id: str | None
+    outcome: RepairOutcomeEnum  # type: ignore[valid-type]
+    reason: str | None
+
+
+@strawberry.type(
+    description="What repairLineage did; in a dry run `repaired` counts would-be writes."
+)
+class RepairReport:
+    dry_run: bool
+    scanned: int
+    repaired: int
+    already_linked: int
+    unresolved: int
+    unavailable: int
+    items: list[RepairItem]
+
+
+def require_admin(ctx: Context) -> None:
+    """Fail closed: no configured token, no header, or a wrong token is refused."""
+    configured = ctx.settings.admin_token
+    if configured is None or not configured.get_secret_value():
+        raise UnauthorizedError("repair is disabled: GATEWAY_ADMIN_TOKEN is not configured")
+    header = ctx.request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise UnauthorizedError("admin token required: Authorization: Bearer <token>")
+    if not hmac.compare_digest(token.strip().encode(), configured.get_secret_value().encode()):
+        raise UnauthorizedError("invalid admin token")
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Admin: write resolved lineage back to rows that lack it.")
+    async def repair_lineage(
+        self,
+        info: Info[Context, None],
+        ids: list[int] | None = None,
+        workflow_id: str | None = None,
+        limit: int | None = None,
+        dry_run: bool = False,
+    ) -> RepairReport:
+        ctx = info.context
+        require_admin(ctx)
+        if ids is not None:
+            if len(ids) > MAX_REPAIR_IDS:
+                raise InvalidInputError(f"at most {MAX_REPAIR_IDS} ids per call")
+            ids = [_positive_id(i, name="ids") for i in ids]
+        if limit is not None and not 1 <= limit <= MAX_REPAIR_LIMIT:
+            raise InvalidInputError(f"limit must be between 1 and {MAX_REPAIR_LIMIT}")
+        report = await repair.repair_lineage(
+            engine=ctx.engine,
+            resolver=ctx.resolver,
+            ids=ids,
+            workflow_id=workflow_id,
+            limit=limit if limit is not None else DEFAULT_REPAIR_LIMIT,
+            dry_run=dry_run,
+        )
+        return RepairReport(
+            dry_run=report.dry_run,
+            scanned=report.scanned,
+            repaired=report.repaired,
+            already_linked=report.already_linked,
+            unresolved=report.unresolved,
+            unavailable=report.unavailable,
+            items=[
+                RepairItem(
+                    artifact_id=i.artifact_id,
+                    run_id=i.run_id,
+                    experiment_id=i.experiment_id,
+                    outcome=i.outcome,
+                    reason=i.reason,
+                )
+                for i in report.items
+            ],
+        )
+
+
 def is_client_error(error: GraphQLError) -> bool:
     """Syntax/validation errors and GatewayErrors are safe to show; everything else is masked."""
     original = error.original_error
@@ -136,7 +225,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
             DisableIntrospection,
             lambda: MaskErrors(should_mask_error=lambda e: not is_client_error(e)),
         ]
-    return GatewaySchema(query=Query, extensions=extensions)
+    return GatewaySchema(query=Query, mutation=Mutation, extensions=extensions)
 
 
 def export_sdl() -> str:

@@ -10,6 +10,8 @@ import strawberry
 from strawberry.scalars import JSON
 
 from gateway import models
+from gateway.gql.context import Context
+from gateway.lineage import LineageSource, LineageStatus, experiment_url, run_url
 from gateway.lineage_keys import effective_workflow_id
 
 
@@ -40,6 +42,25 @@ def kind_of(row: models.Artifact) -> ArtifactKind | None:
         return None
 
 
+LineageStatusEnum = strawberry.enum(
+    LineageStatus, name="LineageStatus", description="How the lineage was obtained, or why not."
+)
+LineageSourceEnum = strawberry.enum(
+    LineageSource, name="LineageSource", description="Where the MLflow run was found."
+)
+
+
+@strawberry.type(description="Which MLflow run produced an artifact, and how that is known.")
+class Lineage:
+    status: LineageStatusEnum  # type: ignore[valid-type]
+    source: LineageSourceEnum | None  # type: ignore[valid-type]
+    reason: str | None = strawberry.field(description="Why ids are null, when they are.")
+    run_id: str | None
+    experiment_id: str | None
+    run_url: str | None = strawberry.field(description="MLflow UI link to the run.")
+    experiment_url: str | None = strawberry.field(description="MLflow UI link to the experiment.")
+
+
 @strawberry.type(description="A stored chart, LLM analysis or trading signal.")
 class Artifact:
     id: int
@@ -52,14 +73,34 @@ class Artifact:
         description="The workflow (DAG run) id: column, else metadata workflow_id or dag_run_id."
     )
     created_at: datetime
-    run_id: str | None = strawberry.field(description="MLflow run id of the producing run.")
-    experiment_id: str | None = strawberry.field(description="MLflow experiment id.")
     chart_data: JSON | None
     metadata: JSON | None
     image_url: str | None = strawberry.field(
         description="Gateway URL of the chart PNG; null for non-chart artifacts."
     )
     row: strawberry.Private[models.Artifact]
+
+    @strawberry.field(description="MLflow run id: stored, else resolved from MLflow (null if not).")
+    async def run_id(self, info: strawberry.Info[Context, None]) -> str | None:
+        return (await info.context.lineage.of(self.row)).run_id
+
+    @strawberry.field(description="MLflow experiment id: stored, else resolved from MLflow.")
+    async def experiment_id(self, info: strawberry.Info[Context, None]) -> str | None:
+        return (await info.context.lineage.of(self.row)).experiment_id
+
+    @strawberry.field(description="How runId/experimentId were obtained; never fails the read.")
+    async def lineage(self, info: strawberry.Info[Context, None]) -> Lineage:
+        resolved = await info.context.lineage.of(self.row)
+        ui_url = info.context.settings.mlflow_ui_base
+        return Lineage(
+            status=resolved.status,
+            source=resolved.source,
+            reason=resolved.reason,
+            run_id=resolved.run_id,
+            experiment_id=resolved.experiment_id,
+            run_url=run_url(ui_url, resolved),
+            experiment_url=experiment_url(ui_url, resolved),
+        )
 
 
 def artifact_from_row(row: models.Artifact) -> Artifact:
@@ -73,8 +114,6 @@ def artifact_from_row(row: models.Artifact) -> Artifact:
         symbol=row.symbol,
         workflow_id=effective_workflow_id(row),
         created_at=as_utc(row.created_at),
-        run_id=row.run_id,
-        experiment_id=row.experiment_id,
         chart_data=row.chart_data,
         metadata=meta,
         image_url=image_url_for(row),

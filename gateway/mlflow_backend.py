@@ -1,0 +1,248 @@
+"""Read-only MLflow lookups for lineage: REST over httpx, or the local store via MlflowClient.
+
+A tracking URI over HTTP(S) is queried with an async httpx client: tight timeouts, no retries,
+cancellable. Any other URI (the embedded `sqlite:///./var/mlflow.db`, `file:`) goes through
+`MlflowClient` in worker threads. Both answer the same three questions.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio.to_thread
+import httpx
+
+# MLflow run ids are hex; anything else is refused before it reaches a filter string.
+_SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SEARCH_PAGE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RunRef:
+    """The two ids an artifact needs to link to its run."""
+
+    run_id: str
+    experiment_id: str
+
+
+class MlflowUnavailableError(Exception):
+    """MLflow could not be reached or answered with a server error."""
+
+
+class MlflowBackend(Protocol):
+    """The lookups lineage resolution needs."""
+
+    async def experiment_ids(self) -> list[str]:
+        """Ids of every active experiment (searches need an explicit list)."""
+        ...
+
+    async def runs_by_id(
+        self, run_ids: Sequence[str], experiment_ids: Sequence[str]
+    ) -> list[RunRef]:
+        """The runs among `run_ids` that exist (one search, `attributes.run_id IN (...)`)."""
+        ...
+
+    async def latest_run_for_workflow(
+        self, workflow_id: str, experiment_ids: Sequence[str]
+    ) -> RunRef | None:
+        """The latest run by start time tagged `workflow_id=<workflow_id>`, if any."""
+        ...
+
+    async def warm_up(self) -> None:
+        """Open connections or stores ahead of the first lookup (errors are ignored)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def safe_run_ids(run_ids: Sequence[str]) -> list[str]:
+    """Run ids that can be put in a filter string; others cannot exist in MLflow anyway."""
+    return [r for r in run_ids if _SAFE_RUN_ID.match(r)]
+
+
+def run_id_filter(run_ids: Sequence[str]) -> str:
+    """`attributes.run_id IN (...)` for safe run ids."""
+    return "attributes.run_id IN (" + ", ".join(f"'{r}'" for r in run_ids) + ")"
+
+
+def workflow_filter(workflow_id: str) -> str | None:
+    """`tags.workflow_id = '...'`, or None when no MLflow quoting can express the value."""
+    for quote in ("'", '"'):
+        if quote not in workflow_id and "\\" not in workflow_id:
+            return f"tags.workflow_id = {quote}{workflow_id}{quote}"
+    return None
+
+
+class RestBackend:
+    """MLflow's REST API over httpx: one pooled async client, per-call timeouts, no retries."""
+
+    def __init__(self, tracking_uri: str, *, timeout_s: float) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=tracking_uri.rstrip("/"),
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 1.0)),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            headers={"user-agent": "artifact-lineage-gateway"},
+        )
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = await self._client.post(f"/api/2.0/mlflow/{path}", json=payload)
+        except httpx.HTTPError as exc:
+            raise MlflowUnavailableError(f"{type(exc).__name__} calling {path}") from exc
+        if response.status_code >= 500 or response.status_code == 429:
+            raise MlflowUnavailableError(f"HTTP {response.status_code} from {path}")
+        if response.status_code >= 400:
+            raise MlflowUnavailableError(
+                f"HTTP {response.status_code} from {path}: {response.text[:200]}"
+            )
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError as exc:
+            raise MlflowUnavailableError(f"invalid JSON from {path}") from exc
+        return body
+
+    async def experiment_ids(self) -> list[str]:
+        ids: list[str] = []
+        token: str | None = None
+        while True:
+            payload: dict[str, Any] = {"max_results": 1000, "view_type": "ACTIVE_ONLY"}
+            if token:
+                payload["page_token"] = token
+            body = await self._post("experiments/search", payload)
+            ids += [e["experiment_id"] for e in body.get("experiments", [])]
+            token = body.get("next_page_token")
+            if not token:
+                return ids
+
+    async def runs_by_id(
+        self, run_ids: Sequence[str], experiment_ids: Sequence[str]
+    ) -> list[RunRef]:
+        found: list[RunRef] = []
+        safe = safe_run_ids(run_ids)
+        for start in range(0, len(safe), SEARCH_PAGE):
+            chunk = safe[start : start + SEARCH_PAGE]
+            body = await self._post(
+                "runs/search",
+                {
+                    "experiment_ids": list(experiment_ids),
+                    "filter": run_id_filter(chunk),
+                    "max_results": len(chunk),
+                },
+            )
+            found += [_ref_from_json(run) for run in body.get("runs", [])]
+        return found
+
+    async def latest_run_for_workflow(
+        self, workflow_id: str, experiment_ids: Sequence[str]
+    ) -> RunRef | None:
+        filter_string = workflow_filter(workflow_id)
+        if filter_string is None:
+            return None
+        body = await self._post(
+            "runs/search",
+            {
+                "experiment_ids": list(experiment_ids),
+                "filter": filter_string,
+                "max_results": 1,
+                "order_by": ["attributes.start_time DESC"],
+            },
+        )
+        runs = body.get("runs", [])
+        return _ref_from_json(runs[0]) if runs else None
+
+    async def warm_up(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _ref_from_json(run: dict[str, Any]) -> RunRef:
+    info = run["info"]
+    return RunRef(run_id=str(info["run_id"]), experiment_id=str(info["experiment_id"]))
+
+
+class LocalStoreBackend:
+    """MlflowClient against a local store (SQLite, file), called from worker threads."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self._tracking_uri = tracking_uri
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _get_client(self) -> Any:
+        # Built on first use, in a worker thread: opening a store can run its migrations.
+        with self._lock:
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
+
+                self._client = MlflowClient(tracking_uri=self._tracking_uri)
+            return self._client
+
+    async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        def call() -> Any:
+            try:
+                return getattr(self._get_client(), method)(*args, **kwargs)
+            except Exception as exc:
+                # The local store raises MlflowException or SQLAlchemy errors alike.
+                raise MlflowUnavailableError(f"{type(exc).__name__}: {exc}"[:200]) from exc
+
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+    async def experiment_ids(self) -> list[str]:
+        experiments = await self._run("search_experiments", max_results=50_000)
+        return [e.experiment_id for e in experiments]
+
+    async def runs_by_id(
+        self, run_ids: Sequence[str], experiment_ids: Sequence[str]
+    ) -> list[RunRef]:
+        found: list[RunRef] = []
+        safe = safe_run_ids(run_ids)
+        for start in range(0, len(safe), SEARCH_PAGE):
+            chunk = safe[start : start + SEARCH_PAGE]
+            runs = await self._run(
+                "search_runs",
+                list(experiment_ids),
+                filter_string=run_id_filter(chunk),
+                max_results=len(chunk),
+            )
+            found += [RunRef(r.info.run_id, r.info.experiment_id) for r in runs]
+        return found
+
+    async def latest_run_for_workflow(
+        self, workflow_id: str, experiment_ids: Sequence[str]
+    ) -> RunRef | None:
+        filter_string = workflow_filter(workflow_id)
+        if filter_string is None:
+            return None
+        runs = await self._run(
+            "search_runs",
+            list(experiment_ids),
+            filter_string=filter_string,
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        return RunRef(runs[0].info.run_id, runs[0].info.experiment_id) if runs else None
+
+    async def warm_up(self) -> None:
+        # Opening a local store can take seconds (schema checks); do it before users ask.
+        try:
+            await self.experiment_ids()
+        except MlflowUnavailableError:
+            return
+
+    async def aclose(self) -> None:
+        return None
+
+
+def make_backend(tracking_uri: str, *, timeout_s: float) -> MlflowBackend:
+    """REST for http(s) tracking URIs, the local store client for everything else."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return RestBackend(tracking_uri, timeout_s=timeout_s)
+    return LocalStoreBackend(tracking_uri)

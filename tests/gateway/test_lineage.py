@@ -1,0 +1,323 @@
+"""Lazy lineage on read against a real `mlflow server`: order, batching, caching, faults."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.models import Artifact
+from gateway.settings import Settings
+from tests.servers import RecordingProxy, SilentListener, free_port
+
+UI = "http://mlflow.example.test"
+LINEAGE = "lineage { status source reason runId experimentId runUrl experimentUrl }"
+
+
+@pytest.fixture
+def mlflow(mlflow_server: Any) -> MlflowClient:
+    return MlflowClient(tracking_uri=mlflow_server.url)
+
+
+@pytest.fixture
+def experiment(mlflow: MlflowClient) -> str:
+    return str(mlflow.create_experiment(f"exp-{uuid.uuid4().hex[:10]}"))
+
+
+def make_run(
+    mlflow: MlflowClient,
+    experiment: str,
+    *,
+    workflow_id: str | None = None,
+    start_time: int | None = None,
+) -> str:
+    tags = {"workflow_id": workflow_id} if workflow_id else {}
+    run = mlflow.create_run(experiment, tags=tags, start_time=start_time)
+    mlflow.set_terminated(run.info.run_id)
+    return str(run.info.run_id)
+
+
+def lineage_settings(settings: Settings, tracking_uri: str, **extra: Any) -> Settings:
+    return settings.model_copy(
+        update={
+            "mlflow_tracking_uri": tracking_uri,
+            "mlflow_ui_url": UI,
+            "mlflow_timeout_s": 3.0,
+            "mlflow_breaker_cooldown_s": 0.5,
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+def lineage_client(
+    settings: Settings, engine: Engine, mlflow_proxy: RecordingProxy
+) -> Iterator[TestClient]:
+    # A generous lookup timeout: a shared 2-core CI box must not turn hits into UNAVAILABLE.
+    app = create_app(lineage_settings(settings, mlflow_proxy.url))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def gql(client: TestClient, query: str, **variables: Any) -> dict[str, Any]:
+    response = client.post("/graphql", json={"query": query, "variables": variables})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def node(client: TestClient, artifact_id: int) -> dict[str, Any]:
+    data = gql(
+        client,
+        f"query($id: Int!) {{ artifact(id: $id) {{ id name runId experimentId {LINEAGE} }} }}",
+        id=artifact_id,
+    )
+    return data["artifact"]
+
+
+def test_resolution_follows_the_design_order(
+    lineage_client: TestClient,
+    insert: Callable[..., int],
+    mlflow: MlflowClient,
+    experiment: str,
+    engine: Engine,
+    log_events: list[dict[str, Any]],
+) -> None:
+    wf = f"wf-{uuid.uuid4().hex[:8]}"
+    older = make_run(mlflow, experiment, workflow_id=wf, start_time=1_700_000_000_000)
+    newer = make_run(mlflow, experiment, workflow_id=wf, start_time=1_700_000_500_000)
+    meta_run = make_run(mlflow, experiment)
+    stored = insert(run_id="r-stored", experiment_id="e-stored", workflow_id=wf)
+    by_meta = insert(meta={"mlflow_run_id": meta_run}, workflow_id=wf)
+    by_workflow = insert(workflow_id=wf)
+    by_meta_workflow = insert(meta={"workflow_id": wf})
+    ghost_then_workflow = insert(meta={"mlflow_run_id": "0" * 32}, workflow_id=wf)
+    half = insert(run_id=meta_run)
+    unknown_wf = insert(workflow_id=f"wf-none-{uuid.uuid4().hex[:6]}")
+    nothing = insert(meta={"source": "legacy"})
+
+    n = node(lineage_client, stored)
+    assert (n["runId"], n["lineage"]["status"], n["lineage"]["source"]) == (
+        "r-stored",
+        "STORED",
+        "ROW",
+    )
+
+    n = node(lineage_client, by_meta)
+    assert (n["runId"], n["experimentId"]) == (meta_run, experiment), n["lineage"]
+    assert (n["lineage"]["status"], n["lineage"]["source"]) == ("HYDRATED", "METADATA_RUN_ID")
+    assert n["lineage"]["runUrl"] == f"{UI}/#/experiments/{experiment}/runs/{meta_run}"
+    assert n["lineage"]["experimentUrl"] == f"{UI}/#/experiments/{experiment}"
+
+    for artifact_id in (by_workflow, by_meta_workflow, ghost_then_workflow):
+        n = node(lineage_client, artifact_id)
+        assert n["runId"] == newer != older  # latest by start time
+        assert (n["lineage"]["status"], n["lineage"]["source"]) == ("HYDRATED", "WORKFLOW_TAG")
+
+    n = node(lineage_client, half)
+    assert (n["runId"], n["experimentId"], n["lineage"]["source"]) == (meta_run, experiment, "ROW")
+
+    n = node(lineage_client, unknown_wf)
+    assert n["runId"] is None
+    assert n["lineage"]["status"] == "UNRESOLVED"
+    assert n["lineage"]["reason"].startswith("no MLflow run tagged workflow_id=wf-none-")
+
+    n = node(lineage_client, nothing)
+    assert n["lineage"] == {
+        "status": "UNRESOLVED",
+        "source": None,
+        "reason": "artifact has no run id and no workflow id",
+        "runId": None,
+        "experimentId": None,
+        "runUrl": None,
+        "experimentUrl": None,
+    }
+
+    # Reads never write.
+    with Session(engine) as session:
+        rows = session.exec(select(Artifact).where(Artifact.id != stored)).all()
+        assert all(r.run_id in (None, meta_run) and r.experiment_id is None for r in rows)
+
+    hydrated = [e for e in log_events if e["event"] == "lineage.hydrated"]
+    assert {e["artifact_id"] for e in hydrated} >= {by_meta, by_workflow, half}
+    assert any(
+        e["event"] == "lineage.unresolved" and e["artifact_id"] == nothing for e in log_events
+    )
+    metrics = lineage_client.get("/metrics").text
+    assert (
+        'gateway_lineage_resolutions_total{source="metadata_run_id",status="HYDRATED"} 1.0'
+        in metrics
+    )
+    assert "gateway_mlflow_request_seconds_count" in metrics
+
+
+def test_rest_artifact_carries_the_same_lineage(
+    lineage_client: TestClient, insert: Callable[..., int], mlflow: MlflowClient, experiment: str
+) -> None:
+    wf = f"wf-{uuid.uuid4().hex[:8]}"
+    run = make_run(mlflow, experiment, workflow_id=wf)
+    artifact_id = insert(workflow_id=wf)
+    body = lineage_client.get(f"/api/artifacts/{artifact_id}").json()
+    assert (body["run_id"], body["experiment_id"]) == (run, experiment)
+    assert body["lineage"] == {
+        "status": "HYDRATED",
+        "source": "workflow_tag",
+        "reason": None,
+        "run_id": run,
+        "experiment_id": experiment,
+        "run_url": f"{UI}/#/experiments/{experiment}/runs/{run}",
+        "experiment_url": f"{UI}/#/experiments/{experiment}",
+    }
+
+
+PAGE = f"{{ artifacts(first: 100) {{ edges {{ node {{ id runId experimentId {LINEAGE} }} }} }} }}"
+
+
+def test_a_page_of_100_legacy_rows_costs_one_search_per_workflow_then_none(
+    lineage_client: TestClient,
+    insert: Callable[..., int],
+    mlflow: MlflowClient,
+    experiment: str,
+    mlflow_proxy: RecordingProxy,
+) -> None:
+    workflows = [f"wf-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+    runs = {wf: make_run(mlflow, experiment, workflow_id=wf) for wf in workflows}
+    for i in range(100):
+        insert(name=f"legacy {i}", workflow_id=workflows[i % 5])
+    mlflow_proxy.reset()
+
+    first = gql(lineage_client, PAGE)["artifacts"]["edges"]
+    assert len(first) == 100
+    assert [e["node"]["runId"] for e in first] == [runs[workflows[i % 5]] for i in range(100)], (
+        first[0]["node"]["lineage"]
+    )
+    assert all(e["node"]["lineage"]["status"] == "HYDRATED" for e in first)
+    searches = mlflow_proxy.bodies("/api/2.0/mlflow/runs/search")
+    assert len(searches) == 5
+    assert sorted(json.loads(b)["filter"] for b in searches) == sorted(
+        f"tags.workflow_id = '{wf}'" for wf in workflows
+    )
+    assert len(mlflow_proxy.paths("/api/2.0/mlflow/experiments/search")) <= 1
+
+    mlflow_proxy.reset()
+    second = gql(lineage_client, PAGE)["artifacts"]["edges"]
+    assert second == first
+    assert mlflow_proxy.paths("/api/2.0/mlflow/") == []
+
+
+def test_metadata_run_ids_are_looked_up_in_one_search(
+    lineage_client: TestClient,
+    insert: Callable[..., int],
+    mlflow: MlflowClient,
+    experiment: str,
+    mlflow_proxy: RecordingProxy,
+) -> None:
+    run_ids = [make_run(mlflow, experiment) for _ in range(7)]
+    for run_id in run_ids * 3:
+        insert(meta={"mlflow_run_id": run_id})
+    mlflow_proxy.reset()
+    edges = gql(lineage_client, PAGE)["artifacts"]["edges"]
+    assert [e["node"]["runId"] for e in edges] == run_ids * 3
+    searches = mlflow_proxy.bodies("/api/2.0/mlflow/runs/search")
+    assert len(searches) == 1
+    assert "attributes.run_id IN" in json.loads(searches[0])["filter"]
+
+
+def _query_unavailable(client: TestClient, artifact_id: int) -> tuple[dict[str, Any], float]:
+    started = time.monotonic()
+    data = node(client, artifact_id)
+    return data, time.monotonic() - started
+
+
+def test_mlflow_down_degrades_lineage_only_and_recovers(
+    lineage_client: TestClient,
+    insert: Callable[..., int],
+    mlflow: MlflowClient,
+    experiment: str,
+    mlflow_proxy: RecordingProxy,
+    log_events: list[dict[str, Any]],
+) -> None:
+    wf = f"wf-{uuid.uuid4().hex[:8]}"
+    run = make_run(mlflow, experiment, workflow_id=wf)
+    artifact_id = insert(name="while down", workflow_id=wf)
+    mlflow_proxy.stop()  # connection refused from now on
+
+    data, elapsed = _query_unavailable(lineage_client, artifact_id)
+    assert data["name"] == "while down"
+    assert data["runId"] is None
+    assert data["lineage"]["status"] == "UNAVAILABLE"
+    assert "MLflow" in data["lineage"]["reason"]
+    assert elapsed < 2 * 3.0 + 2  # refused at once; never more than the batch budget
+
+    for _ in range(5):  # keep failing until the breaker opens
+        node(lineage_client, artifact_id)
+    assert any(e["event"] == "lineage.circuit_open" for e in log_events)
+    assert "circuit open" in node(lineage_client, artifact_id)["lineage"]["reason"]
+
+    mlflow_proxy.start()
+    time.sleep(0.6)  # breaker cool-down (0.5 s in these settings)
+    recovered = node(lineage_client, artifact_id)
+    assert (recovered["runId"], recovered["lineage"]["status"]) == (run, "HYDRATED")
+
+
+def test_a_port_that_never_answers_costs_one_budget_then_the_breaker(
+    settings: Settings,
+    engine: Engine,
+    insert: Callable[..., int],
+) -> None:
+    listener = SilentListener()
+    try:
+        app = create_app(
+            lineage_settings(
+                settings,
+                listener.url,
+                mlflow_breaker_threshold=1,
+                mlflow_breaker_cooldown_s=30,
+                mlflow_timeout_s=1.0,
+            )
+        )
+        artifact_id = insert(name="hung", workflow_id="wf-hung")
+        with TestClient(app, raise_server_exceptions=False) as client:
+            data, elapsed = _query_unavailable(client, artifact_id)
+            assert data["name"] == "hung"
+            assert data["lineage"]["status"] == "UNAVAILABLE"
+            assert data["lineage"]["reason"] == "MLflow did not answer in time"
+            assert elapsed < 2 * 1.0 + 2
+            again, elapsed_again = _query_unavailable(client, artifact_id)
+            assert "circuit open" in again["lineage"]["reason"]
+            assert elapsed_again < 1.0  # short-circuited: no socket wait at all
+    finally:
+        listener.close()
+
+
+def test_nothing_listening_gives_unavailable_not_an_error(
+    settings: Settings,
+    engine: Engine,
+    insert: Callable[..., int],
+) -> None:
+    app = create_app(lineage_settings(settings, f"http://127.0.0.1:{free_port()}"))
+    artifact_id = insert(workflow_id="wf-x", symbol="AAPL")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        body = client.post(
+            "/graphql",
+            json={"query": "{ artifacts { edges { node { symbol runId lineage { status } } } } }"},
+        ).json()
+        assert "errors" not in body
+        assert body["data"]["artifacts"]["edges"][0]["node"] == {
+            "symbol": "AAPL",
+            "runId": None,
+            "lineage": {"status": "UNAVAILABLE"},
+        }
+        rest = client.get(f"/api/artifacts/{artifact_id}")
+        assert rest.status_code == 200
+        assert rest.json()["lineage"]["status"] == "UNAVAILABLE"

@@ -130,9 +130,7 @@ def _progress(console: Console) -> Progress:
 
 
 def _summary_table(report: RepairReport) -> Table:
-    table = Table(
-        title="lineage repair" + (" (dry run: nothing written)" if report.dry_run else "")
-    )
+    table = Table(title="lineage repair (dry run)" if report.dry_run else "lineage repair")
     table.add_column("outcome")
     table.add_column("rows", justify="right")
     table.add_row("scanned", str(report.scanned))

@@ -39,7 +39,12 @@ def configure_logging(
     if log_format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stdout).isatty())
     else:
-        shared.append(structlog.processors.dict_tracebacks)
+        # Tracebacks as data, without local variables: locals can hold secrets and row data.
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[*shared, renderer],

@@ -7,11 +7,14 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
+from starlette.testclient import TestClient
 
 from chartkit.sample import random_walk_bars
+from gateway.app import create_app
 from gateway.demo import DEMO_EXPERIMENT, seed_demo_data
 from gateway.lineage_keys import effective_workflow_id, metadata_run_id
 from gateway.models import Artifact
+from gateway.settings import Settings
 
 
 def test_demo_data_is_realistic_and_idempotent(engine: Engine, tmp_path: Path) -> None:
@@ -62,3 +65,23 @@ def test_demo_data_is_realistic_and_idempotent(engine: Engine, tmp_path: Path) -
 def test_random_walk_bars_are_reproducible() -> None:
     assert random_walk_bars(50, seed=3) == random_walk_bars(50, seed=3)
     assert random_walk_bars(50, seed=3) != random_walk_bars(50, seed=4)
+
+
+def test_artifact_24_hydrates_from_the_local_mlflow_store(
+    engine: Engine, settings: Settings
+) -> None:
+    seed_demo_data(engine=engine, tracking_uri=settings.mlflow_tracking_uri)
+    query = {
+        "query": "{ artifact(id: 24) { id name runId experimentId imageUrl "
+        "lineage { status source } } }"
+    }
+    with TestClient(create_app(settings)) as client:
+        data = client.post("/graphql", json=query).json()["data"]["artifact"]
+    assert data["id"] == 24
+    assert data["lineage"] == {"status": "HYDRATED", "source": "METADATA_RUN_ID"}
+    assert data["runId"] is not None
+    assert data["imageUrl"] == "/api/artifacts/24/image"
+    with Session(engine) as session:
+        row = session.get(Artifact, 24)
+        assert row is not None
+        assert row.run_id is None  # the read did not write

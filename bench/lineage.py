@@ -1,0 +1,167 @@
+"""Benchmark: lineage hydration cost against a real `mlflow server`, and repair throughput.
+
+A page of 100 legacy artifacts (5 workflows) read through GraphQL with a cold cache (fresh
+app) and a warm cache, against the baseline: the same page with lineage stored on the rows.
+Prints medians, ratios and the MLflow requests each read made; then repairs 10,000 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mlflow.tracking import MlflowClient
+from sqlmodel import Session
+from starlette.testclient import TestClient
+
+from gateway.app import build_resolver, create_app
+from gateway.db import init_db, make_engine
+from gateway.models import Artifact
+from gateway.observability import Metrics, configure_logging
+from gateway.repair import repair_lineage
+from gateway.settings import Settings
+from tests.servers import MlflowServer, RecordingProxy
+
+PAGE = "{ artifacts(first: 100) { edges { node { id runId experimentId lineage { status } } } } }"
+
+
+def seed(url: str, rows: list[Artifact]) -> None:
+    engine = make_engine(url)
+    init_db(engine)
+    with Session(engine) as session:
+        session.add_all(rows)
+        session.commit()
+    engine.dispose()
+
+
+def read_page(client: TestClient) -> None:
+    body = client.post("/graphql", json={"query": PAGE}).json()
+    assert "errors" not in body, body
+    assert len(body["data"]["artifacts"]["edges"]) == 100
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repair-rows", type=int, default=10_000)
+    args = parser.parse_args()
+    configure_logging(log_format="json", level="error")
+    root = Path(tempfile.mkdtemp(prefix="bench-lineage-"))
+    server = MlflowServer(root / "mlflow")
+    server.start()
+    proxy = RecordingProxy(server.url).start()
+    try:
+        mlflow = MlflowClient(tracking_uri=server.url)
+        experiment = str(mlflow.create_experiment(f"bench-{uuid.uuid4().hex[:6]}"))
+        workflows = [f"wf-{i}-{uuid.uuid4().hex[:6]}" for i in range(50)]
+        runs = {
+            wf: mlflow.create_run(experiment, tags={"workflow_id": wf}).info.run_id
+            for wf in workflows
+        }
+
+        legacy_url = f"sqlite:///{root / 'legacy.db'}"
+        stored_url = f"sqlite:///{root / 'stored.db'}"
+        seed(
+            legacy_url,
+            [
+                Artifact(name=f"a{i}", artifact_type="llm", workflow_id=workflows[i % 5])
+                for i in range(100)
+            ],
+        )
+        seed(
+            stored_url,
+            [
+                Artifact(
+                    name=f"a{i}",
+                    artifact_type="llm",
+                    workflow_id=workflows[i % 5],
+                    run_id=runs[workflows[i % 5]],
+                    experiment_id=experiment,
+                )
+                for i in range(100)
+            ],
+        )
+        base = Settings(mlflow_tracking_uri=proxy.url, mlflow_timeout_s=5.0)
+
+        def timed(client: TestClient) -> tuple[float, int]:
+            proxy.reset()
+            started = time.perf_counter()
+            read_page(client)
+            return time.perf_counter() - started, len(proxy.paths("/api/2.0/mlflow/"))
+
+        cold, cold_requests = [], []
+        for _ in range(args.repeat):
+            with TestClient(create_app(base.model_copy(update={"database_url": legacy_url}))) as c:
+                seconds, requests = timed(c)
+            cold.append(seconds)
+            cold_requests.append(requests)
+        with TestClient(create_app(base.model_copy(update={"database_url": legacy_url}))) as c:
+            timed(c)
+            warm_samples = [timed(c) for _ in range(args.repeat)]
+        with TestClient(create_app(base.model_copy(update={"database_url": stored_url}))) as c:
+            timed(c)
+            stored_samples = [timed(c) for _ in range(args.repeat)]
+        warm = [s for s, _ in warm_samples]
+        stored = [s for s, _ in stored_samples]
+        baseline = statistics.median(stored)
+        print("page of 100 artifacts via GraphQL (in-process ASGI), medians of", args.repeat)
+        print(f"{'case':<34} {'median ms':>10} {'vs stored':>10} {'MLflow requests':>16}")
+        print(
+            f"{'stored lineage (baseline)':<34} {baseline * 1000:>10.1f} {1.0:>10.2f} "
+            f"{max(r for _, r in stored_samples):>16}"
+        )
+        print(
+            f"{'legacy, cold cache (new app)':<34} {statistics.median(cold) * 1000:>10.1f} "
+            f"{statistics.median(cold) / baseline:>10.2f} {max(cold_requests):>16}"
+        )
+        print(
+            f"{'legacy, warm cache':<34} {statistics.median(warm) * 1000:>10.1f} "
+            f"{statistics.median(warm) / baseline:>10.2f} {max(r for _, r in warm_samples):>16}"
+        )
+
+        repair_url = f"sqlite:///{root / 'repair.db'}"
+        seed(
+            repair_url,
+            [
+                Artifact(
+                    name=f"r{i}", artifact_type="llm", workflow_id=workflows[i % len(workflows)]
+                )
+                for i in range(args.repair_rows)
+            ],
+        )
+        engine = make_engine(repair_url)
+        settings = base.model_copy(update={"database_url": repair_url})
+
+        async def repair() -> int:
+            resolver = build_resolver(settings, Metrics())
+            try:
+                report = await repair_lineage(engine=engine, resolver=resolver, batch_size=500)
+            finally:
+                await resolver.backend.aclose()
+            return report.repaired
+
+        proxy.reset()
+        started = time.perf_counter()
+        repaired = asyncio.run(repair())
+        elapsed = time.perf_counter() - started
+        print(
+            f"repair: {repaired} rows over {len(workflows)} workflows in {elapsed:.2f} s = "
+            f"{repaired / elapsed:,.0f} rows/s; MLflow requests: "
+            f"{len(proxy.paths('/api/2.0/mlflow/'))}"
+        )
+        engine.dispose()
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

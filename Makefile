@@ -46,7 +46,7 @@ schema: env ## regenerate schema.graphql from the code
 	@$(UV) run --frozen gateway export-schema -o schema.graphql
 
 bench: env ## run the benchmarks in bench/ (prints medians and ratios)
-	@for b in bench/*.py; do echo "== $$b"; $(UV) run --frozen python $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(UV) run --frozen python $$b || exit 1; done
 
 clean: ## remove generated state (databases, caches); keeps .venv
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -20,11 +20,21 @@ from gateway.db import init_db, make_engine
 from gateway.errors import GatewayError
 from gateway.gql.context import Context
 from gateway.gql.schema import build_schema
+from gateway.images import ImageService
 from gateway.lineage import CircuitBreaker, LineageResolver
 from gateway.mlflow_backend import make_backend
+from gateway.objectstore import make_client
 from gateway.observability import Metrics, RequestContextMiddleware, configure_logging
 from gateway.problems import gateway_error_handler, http_error_handler, unexpected_error_handler
-from gateway.routes import Services, get_artifact, healthz, metrics, readyz, services_of
+from gateway.routes import (
+    Services,
+    artifact_image,
+    get_artifact,
+    healthz,
+    metrics,
+    readyz,
+    services_of,
+)
 from gateway.settings import Settings
 
 # GraphQL documents are small; anything bigger is an attack or a mistake.
@@ -81,12 +91,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.warning("db.unavailable_at_startup", error=str(exc).splitlines()[0])
         resolver = build_resolver(settings, metrics_)
         warm_up = asyncio.create_task(resolver.backend.warm_up())
-        services = Services(settings=settings, engine=engine, metrics=metrics_, resolver=resolver)
+        images = ImageService(settings=settings, client=make_client(settings), metrics=metrics_)
+        services = Services(
+            settings=settings, engine=engine, metrics=metrics_, resolver=resolver, images=images
+        )
         log.info("gateway.started", env=settings.env)
         try:
             yield {"services": services}
         finally:
             warm_up.cancel()
+            images.close()
             await resolver.backend.aclose()
             engine.dispose()
             log.info("gateway.stopped")
@@ -99,6 +113,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         Route("/graphql", graphql_app, methods=["GET", "POST"]),
         Route("/api/artifacts/{artifact_id}", get_artifact, methods=["GET"]),
+        Route("/api/artifacts/{artifact_id}/image", artifact_image, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -103,6 +103,30 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
         )
+        self.chart_responses = Counter(
+            "gateway_chart_responses_total",
+            "Chart images served, by source and cache.",
+            ["source", "cache"],
+            registry=r,
+        )
+        self.chart_fallbacks = Counter(
+            "gateway_chart_fallbacks_total",
+            "Charts regenerated because MinIO could not serve.",
+            ["reason"],
+            registry=r,
+        )
+        self.chart_render_seconds = Histogram(
+            "gateway_chart_render_seconds",
+            "chartkit render time.",
+            registry=r,
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10),
+        )
+        self.minio_fetch_seconds = Histogram(
+            "gateway_minio_fetch_seconds",
+            "MinIO object reads.",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+        )
         self.missing_lineage = Gauge(
             "gateway_artifacts_missing_lineage",
             "Artifacts still lacking run or experiment id (refreshed by repair runs).",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -17,6 +18,7 @@ from gateway import repository
 from gateway.errors import InvalidInputError, NotFoundError
 from gateway.gql.cursors import MAX_ID
 from gateway.gql.types import as_utc, image_url_for
+from gateway.images import ImageService
 from gateway.lineage import Lineage, LineageResolver, experiment_url, run_url
 from gateway.lineage_keys import effective_workflow_id
 from gateway.models import Artifact
@@ -35,6 +37,7 @@ class Services:
     engine: Engine
     metrics: Metrics
     resolver: LineageResolver
+    images: ImageService
 
 
 def services_of(request: Request) -> Services:
@@ -121,3 +124,49 @@ async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this app's registry."""
     registry = services_of(request).metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+IMAGE_SOURCES = ("auto", "minio", "regenerated")
+# Browsers and CDNs may reuse an image for as long as the gateway trusts what it knows of the
+# object; after that they revalidate with If-None-Match (a cheap 304).
+IMAGE_CACHE_CONTROL = "public, max-age=30, stale-while-revalidate=30"
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    candidates = {part.strip().removeprefix("W/") for part in header.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+async def artifact_image(request: Request) -> Response:
+    """GET|HEAD /api/artifacts/{id}/image: the stored chart, or one regenerated from its data."""
+    services = services_of(request)
+    artifact_id = parse_artifact_id(request.path_params["artifact_id"])
+    source = request.query_params.get("source", "auto")
+    if source not in IMAGE_SOURCES:
+        raise InvalidInputError(f"source must be one of {', '.join(IMAGE_SOURCES)}")
+    structlog.contextvars.bind_contextvars(artifact_id=artifact_id)
+    row = await repository.run_in_session(
+        services.engine, repository.get_artifact, artifact_id=artifact_id
+    )
+    if row is None:
+        raise NotFoundError(f"artifact {artifact_id} does not exist")
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match:
+        known = services.images.etag_if_known(row, source)  # type: ignore[arg-type]
+        if known is not None and _etag_matches(if_none_match, known):
+            return Response(
+                status_code=304, headers={"ETag": known, "Cache-Control": IMAGE_CACHE_CONTROL}
+            )
+    image = await services.images.image(row, source=source)  # type: ignore[arg-type]
+    headers = {
+        "ETag": image.etag,
+        "Cache-Control": IMAGE_CACHE_CONTROL,
+        "X-Chart-Source": image.source,
+        "X-Cache": "hit" if image.cache_hit else "miss",
+    }
+    if if_none_match and _etag_matches(if_none_match, image.etag):
+        return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(image.data))
+        return Response(status_code=200, headers=headers, media_type="image/png")
+    return Response(image.data, headers=headers, media_type="image/png")

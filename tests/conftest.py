@@ -20,6 +20,7 @@ from gateway.models import Artifact
 from gateway.settings import Settings
 from tests.servers import (
     MlflowServer,
+    free_port,
     RecordingProxy,
     postgres_schema,
     postgres_unreachable_reason,
@@ -127,3 +128,15 @@ def mlflow_proxy(mlflow_server: MlflowServer) -> Iterator[RecordingProxy]:
     proxy = RecordingProxy(mlflow_server.url).start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3-protocol server on loopback, standing in for MinIO; yields `host:port`."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop()

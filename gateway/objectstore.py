@@ -1,0 +1,206 @@
+"""MinIO access for chart images: strict URL parsing (no SSRF) and a bounded, deadline-bound read.
+
+A stored `minio_url` is never requested as is. It is parsed into (bucket, key) and the object is
+read with the service's own client and credentials, from the configured endpoint only.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from gateway.settings import Settings
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_MAX_URL = 2048
+_MAX_KEY = 1024
+_CHUNK = 64 * 1024
+_MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"}
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectLocation:
+    """Where a chart lives in the object store."""
+
+    bucket: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class UrlRefusal:
+    """Why a stored URL will not be fetched."""
+
+    reason: str
+
+
+def parse_minio_url(url: Any, settings: Settings) -> ObjectLocation | UrlRefusal:
+    """(bucket, key) from `s3://b/k`, `minio://b/k`, `http(s)://<endpoint>/b/k` or `b/k`.
+
+    Anything else is refused with a reason: another host or port, user info, traversal
+    (`..`, backslash, encoded dots or slashes, NUL), odd bucket names, or a bucket outside
+    MINIO_ALLOWED_BUCKETS. Query strings (presigned URLs) are ignored.
+    """
+    if not isinstance(url, str) or not url.strip():
+        return UrlRefusal("minio_url is missing or not a string")
+    if len(url) > _MAX_URL:
+        return UrlRefusal("minio_url is too long")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url) or "\\" in url:
+        return UrlRefusal("minio_url contains control characters or backslashes")
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return UrlRefusal("minio_url is malformed")
+    scheme = parts.scheme.lower()
+    if scheme in ("s3", "minio"):
+        if "@" in parts.netloc or ":" in parts.netloc:
+            return UrlRefusal("minio_url has user info or a port where the bucket belongs")
+        bucket, raw_key = parts.netloc, parts.path.removeprefix("/")
+    elif scheme in ("http", "https"):
+        if "@" in parts.netloc:
+            return UrlRefusal("minio_url has user info")
+        endpoint = (settings.minio_endpoint or "").lower()
+        if not endpoint or parts.netloc.lower() != endpoint:
+            return UrlRefusal("minio_url names a host other than the configured MinIO endpoint")
+        bucket, _, raw_key = parts.path.removeprefix("/").partition("/")
+    elif scheme == "" and not parts.netloc:
+        bucket, _, raw_key = parts.path.partition("/")
+    else:
+        return UrlRefusal(f"minio_url scheme {scheme!r} is not accepted")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        return UrlRefusal("minio_url has no valid bucket")
+    if bucket not in settings.minio_allowed_buckets:
+        return UrlRefusal(f"bucket {bucket!r} is not in MINIO_ALLOWED_BUCKETS")
+    key = unquote(raw_key)
+    if "%" in key:  # double encoding: one decode is all a key ever needs
+        return UrlRefusal("minio_url key is encoded more than once")
+    if not key or len(key) > _MAX_KEY or key.startswith("/"):
+        return UrlRefusal("minio_url has no valid object key")
+    if "\\" in key or "\x00" in key or any(seg in ("..", ".") for seg in key.split("/")):
+        return UrlRefusal("minio_url key attempts path traversal")
+    return ObjectLocation(bucket=bucket, key=key)
+
+
+def make_client(settings: Settings) -> Minio | None:
+    """The service's MinIO client, or None when MINIO_ENDPOINT is not set.
+
+    Its own urllib3 pool: tight connect/read timeouts, at most one retry on connect, no read
+    retries, no Retry-After sleeps, no redirects.
+    """
+    if not settings.minio_endpoint:
+        return None
+    timeout = settings.minio_timeout_s
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=min(timeout, 1.0), read=timeout),
+        retries=urllib3.Retry(
+            total=1,
+            connect=1,
+            read=0,
+            redirect=0,
+            status=0,
+            other=0,
+            respect_retry_after_header=False,
+        ),
+        maxsize=16,
+        block=False,
+    )
+    secret = settings.minio_secret_key.get_secret_value() if settings.minio_secret_key else None
+    return Minio(
+        settings.minio_endpoint,
+        access_key=settings.minio_access_key,
+        secret_key=secret,
+        secure=settings.minio_secure,
+        region=settings.minio_region,
+        http_client=http,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedObject:
+    """A PNG read from the object store."""
+
+    data: bytes
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchFailure:
+    """Why the object could not be served; `reason` is a fallback reason label."""
+
+    reason: str  # object_missing | minio_error | timeout | not_png | too_large
+    detail: str
+
+
+def object_etag(client: Minio, location: ObjectLocation) -> str | FetchFailure:
+    """The object's ETag from a `stat` (no body), or why not."""
+    try:
+        stat = client.stat_object(location.bucket, location.key)
+    except Exception as exc:
+        return _classify(exc)
+    return str(stat.etag)
+
+
+def fetch_png(
+    client: Minio, location: ObjectLocation, *, max_bytes: int, deadline_s: float
+) -> FetchedObject | FetchFailure:
+    """Stat, then stream the object within `deadline_s`; it must be a PNG of at most max_bytes.
+
+    Blocking: call it from a worker thread. The connection is always released.
+    """
+    started = time.monotonic()
+    try:
+        stat = client.stat_object(location.bucket, location.key)
+    except Exception as exc:
+        return _classify(exc)
+    if stat.size is not None and stat.size > max_bytes:
+        return FetchFailure("too_large", f"object is {stat.size} bytes, cap is {max_bytes}")
+    content_type = (stat.content_type or "").split(";")[0].strip().lower()
+    if content_type and content_type not in (
+        "image/png",
+        "application/octet-stream",
+        "binary/octet-stream",
+    ):
+        return FetchFailure("not_png", f"object content type is {content_type}")
+    try:
+        response = client.get_object(location.bucket, location.key)
+    except Exception as exc:
+        return _classify(exc)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.stream(_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                return FetchFailure("too_large", f"object exceeds {max_bytes} bytes")
+            if time.monotonic() - started > deadline_s:
+                return FetchFailure("timeout", f"object read exceeded {deadline_s} s")
+            chunks.append(chunk)
+    except Exception as exc:
+        return _classify(exc)
+    finally:
+        response.close()
+        response.release_conn()
+    data = b"".join(chunks)
+    if not data.startswith(PNG_SIGNATURE):
+        return FetchFailure("not_png", "object is not a PNG")
+    return FetchedObject(data=data, etag=str(stat.etag))
+
+
+def _classify(exc: Exception) -> FetchFailure:
+    if isinstance(exc, S3Error):
+        if exc.code in _MISSING_CODES:
+            return FetchFailure(
+                "object_missing", f"{exc.code}: {exc.bucket_name}/{exc.object_name}"
+            )
+        return FetchFailure("minio_error", f"S3 error {exc.code}")
+    text = f"{type(exc).__name__}: {exc}"
+    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
+        return FetchFailure("timeout", text[:200])
+    return FetchFailure("minio_error", text[:200])

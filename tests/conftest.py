@@ -20,8 +20,8 @@ from gateway.models import Artifact
 from gateway.settings import Settings
 from tests.servers import (
     MlflowServer,
-    free_port,
     RecordingProxy,
+    free_port,
     postgres_schema,
     postgres_unreachable_reason,
 )

@@ -131,8 +131,6 @@ class ImageService:
         )
         # Renders waiting or running; past this, new renders get 503 instead of queueing.
         self._render_slots = asyncio.Semaphore(settings.render_concurrency * 4)
-        self.renders = 0  # renders started (observable in tests)
-        self.fetches = 0  # object reads started
 
     def close(self) -> None:
         """Stop the render pool (running renders finish)."""
@@ -250,7 +248,6 @@ class ImageService:
         key = (row.id, "minio", location, memo)
 
         async def produce() -> bytes:
-            self.fetches += 1
             started = time.perf_counter()
             result = await self._run_io(
                 fetch_png,
@@ -328,7 +325,6 @@ class ImageService:
         if self._render_slots.locked():
             raise OverloadedError("too many charts are being rendered; retry shortly")
         async with self._render_slots:
-            self.renders += 1
             started = time.perf_counter()
             future = self._pool.submit(chartkit.render_chart, snapshot, spec)
             try:

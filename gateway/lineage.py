@@ -23,7 +23,7 @@ from cachetools import TLRUCache
 from strawberry.dataloader import DataLoader
 
 from gateway.lineage_keys import effective_workflow_id, metadata_run_id
-from gateway.mlflow_backend import MlflowBackend, MlflowUnavailableError, RunRef
+from gateway.mlflow_backend import MlflowUnavailableError, RunRef, SearchBackend
 from gateway.models import Artifact
 from gateway.observability import Metrics
 
@@ -139,7 +139,7 @@ class LineageResolver:
 
     def __init__(
         self,
-        backend: MlflowBackend,
+        backend: SearchBackend,
         *,
         metrics: Metrics,
         timeout_s: float = 2.0,

@@ -11,7 +11,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio.to_thread
 import httpx
@@ -33,34 +33,6 @@ class MlflowUnavailableError(Exception):
     """MLflow could not be reached or answered with a server error."""
 
 
-class MlflowBackend(Protocol):
-    """The lookups lineage resolution needs."""
-
-    async def experiment_ids(self) -> list[str]:
-        """Ids of every active experiment (searches need an explicit list)."""
-        ...
-
-    async def runs_by_id(
-        self, run_ids: Sequence[str], experiment_ids: Sequence[str]
-    ) -> list[RunRef]:
-        """The runs among `run_ids` that exist (one search, `attributes.run_id IN (...)`)."""
-        ...
-
-    async def latest_run_for_workflow(
-        self, workflow_id: str, experiment_ids: Sequence[str]
-    ) -> RunRef | None:
-        """The latest run by start time tagged `workflow_id=<workflow_id>`, if any."""
-        ...
-
-    async def warm_up(self) -> None:
-        """Open connections or stores ahead of the first lookup (errors are ignored)."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release connections."""
-        ...
-
-
 def safe_run_ids(run_ids: Sequence[str]) -> list[str]:
     """Run ids that can be put in a filter string; others cannot exist in MLflow anyway."""
     return [r for r in run_ids if _SAFE_RUN_ID.match(r)]
@@ -79,7 +51,52 @@ def workflow_filter(workflow_id: str) -> str | None:
     return None
 
 
-class RestBackend:
+class SearchBackend:
+    """The lookups, built once on two primitives each backend provides."""
+
+    async def experiment_ids(self) -> list[str]:
+        raise NotImplementedError
+
+    async def search(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str,
+        *,
+        max_results: int,
+        order_by: list[str] | None = None,
+    ) -> list[RunRef]:
+        """Runs matching an MLflow filter string in these experiments."""
+        raise NotImplementedError
+
+    async def runs_by_id(
+        self, run_ids: Sequence[str], experiment_ids: Sequence[str]
+    ) -> list[RunRef]:
+        found: list[RunRef] = []
+        safe = safe_run_ids(run_ids)
+        for start in range(0, len(safe), SEARCH_PAGE):
+            chunk = safe[start : start + SEARCH_PAGE]
+            found += await self.search(experiment_ids, run_id_filter(chunk), max_results=len(chunk))
+        return found
+
+    async def latest_run_for_workflow(
+        self, workflow_id: str, experiment_ids: Sequence[str]
+    ) -> RunRef | None:
+        filter_string = workflow_filter(workflow_id)
+        if filter_string is None:
+            return None
+        runs = await self.search(
+            experiment_ids, filter_string, max_results=1, order_by=["attributes.start_time DESC"]
+        )
+        return runs[0] if runs else None
+
+    async def warm_up(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RestBackend(SearchBackend):
     """MLflow's REST API over httpx: one pooled async client, per-call timeouts, no retries."""
 
     def __init__(self, tracking_uri: str, *, timeout_s: float) -> None:
@@ -95,8 +112,6 @@ class RestBackend:
             response = await self._client.post(f"/api/2.0/mlflow/{path}", json=payload)
         except httpx.HTTPError as exc:
             raise MlflowUnavailableError(f"{type(exc).__name__} calling {path}") from exc
-        if response.status_code >= 500 or response.status_code == 429:
-            raise MlflowUnavailableError(f"HTTP {response.status_code} from {path}")
         if response.status_code >= 400:
             raise MlflowUnavailableError(
                 f"HTTP {response.status_code} from {path}: {response.text[:200]}"
@@ -120,55 +135,32 @@ class RestBackend:
             if not token:
                 return ids
 
-    async def runs_by_id(
-        self, run_ids: Sequence[str], experiment_ids: Sequence[str]
+    async def search(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str,
+        *,
+        max_results: int,
+        order_by: list[str] | None = None,
     ) -> list[RunRef]:
-        found: list[RunRef] = []
-        safe = safe_run_ids(run_ids)
-        for start in range(0, len(safe), SEARCH_PAGE):
-            chunk = safe[start : start + SEARCH_PAGE]
-            body = await self._post(
-                "runs/search",
-                {
-                    "experiment_ids": list(experiment_ids),
-                    "filter": run_id_filter(chunk),
-                    "max_results": len(chunk),
-                },
-            )
-            found += [_ref_from_json(run) for run in body.get("runs", [])]
-        return found
-
-    async def latest_run_for_workflow(
-        self, workflow_id: str, experiment_ids: Sequence[str]
-    ) -> RunRef | None:
-        filter_string = workflow_filter(workflow_id)
-        if filter_string is None:
-            return None
-        body = await self._post(
-            "runs/search",
-            {
-                "experiment_ids": list(experiment_ids),
-                "filter": filter_string,
-                "max_results": 1,
-                "order_by": ["attributes.start_time DESC"],
-            },
-        )
-        runs = body.get("runs", [])
-        return _ref_from_json(runs[0]) if runs else None
-
-    async def warm_up(self) -> None:
-        return None
+        payload: dict[str, Any] = {
+            "experiment_ids": list(experiment_ids),
+            "filter": filter_string,
+            "max_results": max_results,
+        }
+        if order_by:
+            payload["order_by"] = order_by
+        body = await self._post("runs/search", payload)
+        return [
+            RunRef(str(run["info"]["run_id"]), str(run["info"]["experiment_id"]))
+            for run in body.get("runs", [])
+        ]
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
-def _ref_from_json(run: dict[str, Any]) -> RunRef:
-    info = run["info"]
-    return RunRef(run_id=str(info["run_id"]), experiment_id=str(info["experiment_id"]))
-
-
-class LocalStoreBackend:
+class LocalStoreBackend(SearchBackend):
     """MlflowClient against a local store (SQLite, file), called from worker threads."""
 
     def __init__(self, tracking_uri: str) -> None:
@@ -199,36 +191,22 @@ class LocalStoreBackend:
         experiments = await self._run("search_experiments", max_results=50_000)
         return [e.experiment_id for e in experiments]
 
-    async def runs_by_id(
-        self, run_ids: Sequence[str], experiment_ids: Sequence[str]
+    async def search(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str,
+        *,
+        max_results: int,
+        order_by: list[str] | None = None,
     ) -> list[RunRef]:
-        found: list[RunRef] = []
-        safe = safe_run_ids(run_ids)
-        for start in range(0, len(safe), SEARCH_PAGE):
-            chunk = safe[start : start + SEARCH_PAGE]
-            runs = await self._run(
-                "search_runs",
-                list(experiment_ids),
-                filter_string=run_id_filter(chunk),
-                max_results=len(chunk),
-            )
-            found += [RunRef(r.info.run_id, r.info.experiment_id) for r in runs]
-        return found
-
-    async def latest_run_for_workflow(
-        self, workflow_id: str, experiment_ids: Sequence[str]
-    ) -> RunRef | None:
-        filter_string = workflow_filter(workflow_id)
-        if filter_string is None:
-            return None
         runs = await self._run(
             "search_runs",
             list(experiment_ids),
             filter_string=filter_string,
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
+            max_results=max_results,
+            order_by=order_by,
         )
-        return RunRef(runs[0].info.run_id, runs[0].info.experiment_id) if runs else None
+        return [RunRef(r.info.run_id, r.info.experiment_id) for r in runs]
 
     async def warm_up(self) -> None:
         # Opening a local store can take seconds (schema checks); do it before users ask.
@@ -237,11 +215,8 @@ class LocalStoreBackend:
         except MlflowUnavailableError:
             return
 
-    async def aclose(self) -> None:
-        return None
 
-
-def make_backend(tracking_uri: str, *, timeout_s: float) -> MlflowBackend:
+def make_backend(tracking_uri: str, *, timeout_s: float) -> SearchBackend:
     """REST for http(s) tracking URIs, the local store client for everything else."""
     if tracking_uri.startswith(("http://", "https://")):
         return RestBackend(tracking_uri, timeout_s=timeout_s)

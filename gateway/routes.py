@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import structlog
@@ -18,7 +18,7 @@ from gateway import repository
 from gateway.errors import InvalidInputError, NotFoundError
 from gateway.gql.cursors import MAX_ID
 from gateway.gql.types import as_utc, image_url_for
-from gateway.images import ImageService
+from gateway.images import ImageService, Source
 from gateway.lineage import Lineage, LineageResolver, experiment_url, run_url
 from gateway.lineage_keys import effective_workflow_id
 from gateway.models import Artifact
@@ -141,9 +141,10 @@ async def artifact_image(request: Request) -> Response:
     """GET|HEAD /api/artifacts/{id}/image: the stored chart, or one regenerated from its data."""
     services = services_of(request)
     artifact_id = parse_artifact_id(request.path_params["artifact_id"])
-    source = request.query_params.get("source", "auto")
-    if source not in IMAGE_SOURCES:
+    raw_source = request.query_params.get("source", "auto")
+    if raw_source not in IMAGE_SOURCES:
         raise InvalidInputError(f"source must be one of {', '.join(IMAGE_SOURCES)}")
+    source = cast(Source, raw_source)
     structlog.contextvars.bind_contextvars(artifact_id=artifact_id)
     row = await repository.run_in_session(
         services.engine, repository.get_artifact, artifact_id=artifact_id
@@ -152,12 +153,12 @@ async def artifact_image(request: Request) -> Response:
         raise NotFoundError(f"artifact {artifact_id} does not exist")
     if_none_match = request.headers.get("if-none-match")
     if if_none_match:
-        known = services.images.etag_if_known(row, source)  # type: ignore[arg-type]
+        known = services.images.etag_if_known(row, source)
         if known is not None and _etag_matches(if_none_match, known):
             return Response(
                 status_code=304, headers={"ETag": known, "Cache-Control": IMAGE_CACHE_CONTROL}
             )
-    image = await services.images.image(row, source=source)  # type: ignore[arg-type]
+    image = await services.images.image(row, source=source)
     headers = {
         "ETag": image.etag,
         "Cache-Control": IMAGE_CACHE_CONTROL,

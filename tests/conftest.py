@@ -38,7 +38,7 @@ def _require_postgres() -> None:
         if IN_CI:
             pytest.fail(f"{reason} (CI must run the PostgreSQL tests)")
         print(f"\nskipping PostgreSQL test: {reason}")
-        pytest.skip(reason)
+        pytest.skip(reason)  # PostgreSQL unreachable on a bare machine: skip, with the reason
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

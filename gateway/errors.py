@@ -40,3 +40,17 @@ class OverloadedError(GatewayError):
 
     status_code = 503
     title = "Service Unavailable"
+
+
+class SnapshotUnusableError(GatewayError):
+    """The stored snapshot cannot be drawn and no stored chart is available."""
+
+    status_code = 422
+    title = "Unprocessable Content"
+
+
+class RenderTimeoutError(GatewayError):
+    """Rendering took longer than GATEWAY_RENDER_TIMEOUT_S."""
+
+    status_code = 503
+    title = "Service Unavailable"

@@ -25,7 +25,12 @@ from minio import Minio
 
 import chartkit
 from chartkit import ChartSpec, SnapshotError
-from gateway.errors import GatewayError, NotFoundError, OverloadedError
+from gateway.errors import (
+    NotFoundError,
+    OverloadedError,
+    RenderTimeoutError,
+    SnapshotUnusableError,
+)
 from gateway.models import Artifact, ArtifactType
 from gateway.objectstore import (
     FetchedObject,
@@ -44,20 +49,6 @@ Source = Literal["auto", "minio", "regenerated"]
 # How long the gateway trusts what it learnt about an object (its ETag, or that it is missing)
 # before asking MinIO again. Cache-Control max-age matches it.
 REVALIDATE_S = 30.0
-
-
-class SnapshotUnusableError(GatewayError):
-    """The stored snapshot cannot be drawn and no stored chart is available."""
-
-    status_code = 422
-    title = "Unprocessable Content"
-
-
-class RenderTimeoutError(GatewayError):
-    """Rendering took longer than GATEWAY_RENDER_TIMEOUT_S."""
-
-    status_code = 503
-    title = "Service Unavailable"
 
 
 @dataclass(frozen=True, slots=True)

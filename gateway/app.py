@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 from strawberry.asgi import GraphQL
 
@@ -95,6 +96,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         services = Services(
             settings=settings, engine=engine, metrics=metrics_, resolver=resolver, images=images
         )
+        problem = settings.admin_token_problem()
+        if problem is not None and settings.admin_token is not None:
+            log.warning("gateway.admin_token_refused", reason=problem)
         log.info("gateway.started", env=settings.env)
         try:
             yield {"services": services}
@@ -126,7 +130,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         debug=False,
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware, metrics=metrics_)],
+        middleware=[
+            Middleware(RequestContextMiddleware, metrics=metrics_),
+            # The front end calls GraphQL from the browser; no origin is allowed unless listed.
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=("GET", "POST", "HEAD"),
+                allow_headers=("content-type", "authorization", "x-request-id"),
+                expose_headers=("etag", "x-request-id", "x-chart-source", "x-cache"),
+            ),
+        ],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,

@@ -168,6 +168,7 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                headers.extend(SECURITY_HEADERS)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -189,3 +190,12 @@ class RequestContextMiddleware:
                 duration_ms=round(elapsed * 1000, 2),
             )
             structlog.contextvars.clear_contextvars()
+
+
+# Sent on every response; images and JSON alike gain nothing from being framed or sniffed.
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"cross-origin"),
+)

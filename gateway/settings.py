@@ -7,6 +7,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# Production refuses shorter admin tokens: they can be guessed.
+MIN_ADMIN_TOKEN = 24
+
 
 class Settings(BaseSettings):
     """Everything the gateway reads from its environment, with defaults that run locally."""
@@ -34,6 +37,9 @@ class Settings(BaseSettings):
     )
 
     admin_token: SecretStr | None = Field(default=None, validation_alias="GATEWAY_ADMIN_TOKEN")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), validation_alias="GATEWAY_CORS_ORIGINS"
+    )
     log_format: Literal["json", "console"] = Field(
         default="json", validation_alias="GATEWAY_LOG_FORMAT"
     )
@@ -62,7 +68,7 @@ class Settings(BaseSettings):
         default=16, ge=1, validation_alias="GATEWAY_MINIO_MAX_OBJECT_MB"
     )
 
-    @field_validator("minio_allowed_buckets", mode="before")
+    @field_validator("minio_allowed_buckets", "cors_origins", mode="before")
     @classmethod
     def _split_buckets(cls, value: object) -> object:
         # Operators write a comma-separated list in the environment.
@@ -82,4 +88,15 @@ class Settings(BaseSettings):
             return self.mlflow_ui_url
         if self.mlflow_tracking_uri.startswith(("http://", "https://")):
             return self.mlflow_tracking_uri
+        return None
+
+    def admin_token_problem(self) -> str | None:
+        """Why repair must be refused with this configuration, or None when it may run."""
+        if self.admin_token is None or not self.admin_token.get_secret_value():
+            return "repair is disabled: GATEWAY_ADMIN_TOKEN is not configured"
+        if self.production and len(self.admin_token.get_secret_value()) < MIN_ADMIN_TOKEN:
+            return (
+                f"repair is disabled: GATEWAY_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN} "
+                "characters"
+            )
         return None

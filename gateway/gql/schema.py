@@ -125,9 +125,11 @@ class RepairReport:
 
 def require_admin(ctx: Context) -> None:
     """Fail closed: no configured token, no header, or a wrong token is refused."""
+    problem = ctx.settings.admin_token_problem()
+    if problem is not None:
+        raise UnauthorizedError(problem)
     configured = ctx.settings.admin_token
-    if configured is None or not configured.get_secret_value():
-        raise UnauthorizedError("repair is disabled: GATEWAY_ADMIN_TOKEN is not configured")
+    assert configured is not None
     header = ctx.request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:

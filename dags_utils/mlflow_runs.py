@@ -11,6 +11,8 @@ from typing import Any
 
 import structlog
 
+from gateway.mlflow_backend import workflow_filter
+
 DEFAULT_EXPERIMENT = "trading-analytics"
 log = structlog.get_logger("dags_utils")
 
@@ -45,19 +47,19 @@ def _experiment_id(client: Any, name: str) -> str:
     return str(client.create_experiment(name))
 
 
-def _escape(value: str) -> str:
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise ValueError(f"workflow id {value!r} cannot be used as an MLflow filter value")
+def _workflow_filter(workflow_id: str) -> str:
+    # The same filter the gateway resolves lineage with, so both sides find the same run.
+    filter_string = workflow_filter(workflow_id)
+    if filter_string is None:
+        raise ValueError(f"workflow id {workflow_id!r} cannot be used as an MLflow filter value")
+    return filter_string
 
 
 def find_workflow_run(client: Any, experiment_id: str, workflow_id: str) -> Any | None:
     """The latest run of the experiment tagged with this workflow id, if any."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.workflow_id = {_escape(workflow_id)}",
+        filter_string=_workflow_filter(workflow_id),
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )

@@ -186,9 +186,10 @@ class Mutation:
 
 
 def is_client_error(error: GraphQLError) -> bool:
-    """Syntax/validation errors and GatewayErrors are safe to show; everything else is masked."""
+    """Syntax, validation and variable-coercion errors (graphql-core's own) and GatewayErrors
+    are safe to show; everything else is masked in production."""
     original = error.original_error
-    return original is None or isinstance(original, GatewayError)
+    return original is None or isinstance(original, (GatewayError, GraphQLError))
 
 
 class GatewaySchema(strawberry.Schema):

@@ -6,7 +6,8 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index
+from sqlalchemy import JSON, Column, DateTime, Dialect, Index, String, TypeDecorator
+from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel
 
 
@@ -21,6 +22,41 @@ class ArtifactType(enum.StrEnum):
 def utcnow() -> datetime:
     """Current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes; a stored value that is not a time reads as None instead of failing.
+
+    PostgreSQL stores `timestamptz`. On SQLite the column is text in SQLAlchemy's own format;
+    other writers can put anything there, and one bad row must not fail a whole page.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String())
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        utc = aware.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return utc.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+        if not isinstance(value, datetime):
+            return None
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class Artifact(SQLModel, table=True):
@@ -42,6 +78,7 @@ class Artifact(SQLModel, table=True):
     # `metadata` is reserved on declarative classes, so the attribute is `meta`.
     meta: Any | None = Field(default=None, sa_column=Column("metadata", JSON))
     path: str | None = None
+    # Never None when written through this model; None on read for unreadable stored values.
     created_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+        default_factory=utcnow, sa_column=Column(UtcDateTime(), nullable=False)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 import anyio
@@ -53,6 +54,10 @@ def parse_artifact_id(raw: str) -> int:
     return int(raw)
 
 
+def _isoformat(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 def lineage_json(lineage: Lineage, *, ui_url: str | None) -> dict[str, Any]:
     """The lineage object of REST responses."""
     return {
@@ -79,7 +84,7 @@ def artifact_json(row: Artifact, lineage: Lineage, *, ui_url: str | None) -> dic
         "chart_data": row.chart_data,
         "metadata": row.meta,
         "image_url": image_url_for(row),
-        "created_at": as_utc(row.created_at).isoformat(),
+        "created_at": _isoformat(as_utc(row.created_at)),
         "lineage": lineage_json(lineage, ui_url=ui_url),
     }
 

@@ -29,8 +29,10 @@ def image_url_for(row: models.Artifact) -> str | None:
     return None
 
 
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; the column is UTC by contract."""
+def as_utc(value: datetime | None) -> datetime | None:
+    """The column is UTC by contract; naive values are read as UTC, unreadable ones are None."""
+    if value is None:
+        return None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
@@ -72,7 +74,9 @@ class Artifact:
     workflow_id: str | None = strawberry.field(
         description="The workflow (DAG run) id: column, else metadata workflow_id or dag_run_id."
     )
-    created_at: datetime
+    created_at: datetime | None = strawberry.field(
+        description="UTC; null only when another writer stored a value that is not a time."
+    )
     chart_data: JSON | None
     metadata: JSON | None
     image_url: str | None = strawberry.field(

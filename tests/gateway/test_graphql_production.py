@@ -54,22 +54,44 @@ def test_production_masks_unexpected_errors_and_logs_them_with_the_request_id(
     log_events: list[dict[str, Any]],
 ) -> None:
     artifact_id = insert(name="corrupt")
+    # Text that is not JSON in a JSON column fails inside the driver layer: an unexpected error.
     with engine.begin() as conn:
         conn.execute(
-            text("UPDATE artifacts SET created_at = 'not a time' WHERE id = :id"),
+            text("UPDATE artifacts SET metadata = '{not json' WHERE id = :id"),
             {"id": artifact_id},
         )
     response = production_client.post(
         "/graphql",
-        json={"query": "{ artifact(id: %d) { id createdAt } }" % artifact_id},
+        json={"query": "{ artifact(id: %d) { id metadata } }" % artifact_id},
         headers={"x-request-id": "req-mask-1"},
     )
     assert response.status_code == 200
     body = response.json()
     assert messages(body) == ["Unexpected error."]
     assert "Traceback" not in response.text
-    assert "not a time" not in response.text
+    assert "not json" not in response.text
     logged = [e for e in log_events if e["event"] == "graphql.unexpected_error"]
     assert len(logged) == 1
     assert logged[0]["request_id"] == "req-mask-1"
     assert logged[0]["exc_info"] is not None
+
+
+def test_a_stored_time_that_is_not_a_time_reads_as_null_and_the_rest_is_served(
+    production_client: TestClient, engine: Engine, insert: Callable[..., int]
+) -> None:
+    good = insert(name="good")
+    bad = insert(name="bad time")
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE artifacts SET created_at = 'not a time' WHERE id = :id"), {"id": bad}
+        )
+    body = production_client.post(
+        "/graphql", json={"query": "{ artifacts { edges { node { id name createdAt } } } }"}
+    ).json()
+    assert "errors" not in body
+    nodes = {n["node"]["id"]: n["node"] for n in body["data"]["artifacts"]["edges"]}
+    assert nodes[bad] == {"id": bad, "name": "bad time", "createdAt": None}
+    assert nodes[good]["createdAt"].endswith("+00:00")
+    rest = production_client.get(f"/api/artifacts/{bad}")
+    assert rest.status_code == 200
+    assert rest.json()["created_at"] is None

@@ -90,6 +90,17 @@ def minio_url_of(row: Artifact) -> Any | None:
     return None
 
 
+def bar_count(snapshot: Any) -> int | None:
+    """How many bars a snapshot holds, counted without parsing it (None when not countable)."""
+    if isinstance(snapshot, dict):
+        for key in ("bars", "data", "candles", "ohlcv"):
+            if isinstance(snapshot.get(key), list):
+                return len(snapshot[key])
+        lengths = [len(v) for v in snapshot.values() if isinstance(v, list)]
+        return max(lengths) if lengths else None
+    return len(snapshot) if isinstance(snapshot, list) else None
+
+
 def render_fingerprint(snapshot: Any, spec: ChartSpec) -> str:
     """Hash of everything a regenerated chart's bytes depend on."""
     payload = json.dumps(
@@ -188,7 +199,8 @@ class ImageService:
         if source == "minio":
             return None
         snapshot = snapshot_of(row)
-        if snapshot is None:
+        bars = bar_count(snapshot)
+        if snapshot is None or (bars is not None and bars > self.settings.max_snapshot_bars):
             return None
         return f'"r-{render_fingerprint(snapshot, self.spec_for(row))}"'
 
@@ -290,6 +302,14 @@ class ImageService:
             raise NotFoundError(
                 f"artifact {row.id} has no stored chart and no snapshot to regenerate it from"
             )
+        bars = bar_count(snapshot)
+        if bars is not None and bars > self.settings.max_snapshot_bars:
+            # Refused before hashing or parsing: a million bars would hold a worker for seconds.
+            detail = (
+                f"snapshot has {bars} bars; at most {self.settings.max_snapshot_bars} are drawn"
+            )
+            self._unavailable(row, "snapshot_too_large", detail)
+            raise SnapshotUnusableError(f"stored snapshot cannot be drawn: {detail}")
         spec = self.spec_for(row)
         fingerprint = render_fingerprint(snapshot, spec)
         key = (row.id, "regenerated", fingerprint)

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     render_concurrency: int = Field(default=2, ge=1, validation_alias="GATEWAY_RENDER_CONCURRENCY")
     render_timeout_s: float = Field(default=10.0, gt=0, validation_alias="GATEWAY_RENDER_TIMEOUT_S")
     max_bars: int = Field(default=2000, ge=10, validation_alias="GATEWAY_MAX_BARS")
+    max_snapshot_bars: int = Field(
+        default=100_000, ge=10, validation_alias="GATEWAY_MAX_SNAPSHOT_BARS"
+    )
     mlflow_timeout_s: float = Field(default=2.0, gt=0, validation_alias="GATEWAY_MLFLOW_TIMEOUT_S")
     mlflow_concurrency: int = Field(default=8, ge=1, validation_alias="GATEWAY_MLFLOW_CONCURRENCY")
     lineage_cache_ttl_s: float = Field(

@@ -30,7 +30,8 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 _pg_reason: list[str | None] = []
 
 
-def _require_postgres() -> None:
+def require_postgres() -> None:
+    """Skip (or, in CI, fail) when PostgreSQL is unreachable."""
     if not _pg_reason:
         _pg_reason.append(postgres_unreachable_reason())
     reason = _pg_reason[0]
@@ -47,7 +48,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'gateway.db'}"
         return
-    _require_postgres()
+    require_postgres()
     with postgres_schema() as url:
         yield url
 

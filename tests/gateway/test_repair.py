@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -242,3 +243,52 @@ def test_cli_exits_1_when_mlflow_is_unavailable(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     assert cli_main(["repair-lineage"]) == 1
     assert "MLflow was unavailable" in capsys.readouterr().out
+
+
+def test_repairs_racing_reads_and_each_other_lose_nothing(
+    repair_settings: Settings, engine: Engine, dataset: dict[str, Any]
+) -> None:
+    """Two repairs and a stream of reads at once: every row written once, no read fails."""
+    app = create_app(repair_settings)
+    failures: list[str] = []
+    reports: list[Any] = []
+    stop = threading.Event()
+
+    def reader(client: TestClient) -> None:
+        while not stop.is_set():
+            response = client.post(
+                "/graphql",
+                json={"query": "{ artifacts { edges { node { id runId lineage { status } } } } }"},
+            )
+            if response.status_code != 200 or "errors" in response.json():
+                failures.append(response.text[:300])
+
+    def repairer() -> None:
+        async def run() -> Any:
+            resolver = build_resolver(repair_settings, Metrics())
+            try:
+                return await repair_lineage(engine=engine, resolver=resolver, batch_size=1)
+            finally:
+                await resolver.backend.aclose()
+
+        reports.append(asyncio.run(run()))
+
+    with TestClient(app) as client:
+        readers = [threading.Thread(target=reader, args=(client,)) for _ in range(3)]
+        repairers = [threading.Thread(target=repairer) for _ in range(2)]
+        for thread in readers + repairers:
+            thread.start()
+        for thread in repairers:
+            thread.join()
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert failures == []
+    written = sorted(
+        i.artifact_id for r in reports for i in r.items if i.outcome.value == "REPAIRED"
+    )
+    rows = dataset["rows"]
+    assert written == sorted(rows["by_workflow"] + rows["by_meta"])
+    db = lineage_in_db(engine)
+    assert all(db[i] == (dataset["wf_run"], dataset["experiment"]) for i in rows["by_workflow"])
+    assert db[rows["linked"][0]] == ("keep-run", "keep-exp")

@@ -360,3 +360,42 @@ def test_fifty_concurrent_requests_for_one_uncached_chart_render_once(
     assert len(set(results)) == 1
     assert results[0] == regenerated()
     assert "gateway_chart_render_seconds_count 1.0" in metrics
+
+
+def connections_to(port: int) -> int:
+    """Established TCP connections from this machine to a loopback port (from /proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if remote_port == port and fields[3] == "01":
+            count += 1
+    return count
+
+
+def test_clients_hanging_up_mid_image_leave_no_minio_connections_behind(
+    settings: Settings,
+    engine: Engine,
+    insert: Callable[..., int],
+    s3_server: str,
+    bucket: str,
+) -> None:
+    import socket
+
+    big = STORED_PNG + b"\0" * (2 * 1024 * 1024)
+    put(s3_server, bucket, "big.png", big)
+    ids = [chart_row(insert, f"s3://{bucket}/big.png") for _ in range(20)]
+    moto_port = int(s3_server.split(":")[1])
+    app = create_app(image_settings(settings, s3_server, bucket))
+    with LiveServer(app) as server:
+        for artifact_id in ids:  # each a cache miss, each abandoned after a few bytes
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(
+                    f"GET /api/artifacts/{artifact_id}/image HTTP/1.1\r\nHost: gw\r\n\r\n".encode()
+                )
+                assert sock.recv(64).startswith(b"HTTP/1.1 200")
+        time.sleep(0.5)
+        assert connections_to(moto_port) <= 16  # the client's pool size, not one per request
+        after = httpx.get(f"{server.url}/api/artifacts/{ids[0]}/image", timeout=30)
+        assert after.content == big
+        assert after.headers["x-cache"] == "hit"

@@ -1,0 +1,198 @@
+"""Load benchmark: `uvicorn --workers 2` under a mixed workload on loopback, and render soak.
+
+Mixed workload at 64 concurrent clients (bounded in time): artifact lists with lineage, single
+artifacts, images with and without If-None-Match. Reports requests/s, p50/p95/p99 per kind,
+errors, and worker RSS after warm-up and at the end. Then renders N charts in a row in one
+process and reports RSS growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+
+from chartkit import ChartSpec, random_walk_bars, render_chart
+from gateway.db import make_engine
+from gateway.demo import seed_demo_data
+from gateway.observability import configure_logging
+from tests.servers import free_port
+
+LIST = (
+    "{ artifacts(first: 50) { edges { node { id name runId experimentId lineage { status } } } } }"
+)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def run_load(
+    url: str, *, clients: int, seconds: float, etags: dict[int, str]
+) -> tuple[dict[str, list[float]], int, float]:
+    latencies: dict[str, list[float]] = {"list": [], "artifact": [], "image": [], "image_304": []}
+    errors = 0
+    charts = sorted(etags)
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(
+        base_url=url, timeout=30, limits=httpx.Limits(max_connections=clients)
+    ) as client:
+
+        async def worker(seed: int) -> None:
+            nonlocal errors
+            rng = random.Random(seed)
+            while time.perf_counter() < deadline:
+                kind = rng.choice(["list", "artifact", "image", "image_304"])
+                started = time.perf_counter()
+                try:
+                    if kind == "list":
+                        r = await client.post("/graphql", json={"query": LIST})
+                        ok = r.status_code == 200 and "errors" not in r.json()
+                    elif kind == "artifact":
+                        r = await client.get(f"/api/artifacts/{rng.randint(1, 36)}")
+                        ok = r.status_code == 200
+                    else:
+                        chart = rng.choice(charts)
+                        headers = {"if-none-match": etags[chart]} if kind == "image_304" else {}
+                        r = await client.get(f"/api/artifacts/{chart}/image", headers=headers)
+                        ok = r.status_code == (304 if kind == "image_304" else 200)
+                except httpx.HTTPError:
+                    ok = False
+                latencies[kind].append(time.perf_counter() - started)
+                errors += not ok
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+        return latencies, errors, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--renders", type=int, default=2000)
+    args = parser.parse_args()
+    configure_logging(log_format="json", level="error")
+    root = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    db_url, mlflow_uri = f"sqlite:///{root / 'gw.db'}", f"sqlite:///{root / 'mlflow.db'}"
+    engine = make_engine(db_url)
+    seed_demo_data(engine=engine, tracking_uri=mlflow_uri)
+    engine.dispose()
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "GATEWAY_LOG_LEVEL": "error",
+    }
+    uvicorn = Path(sys.executable).with_name("uvicorn")
+    server = subprocess.Popen(
+        [
+            str(uvicorn),
+            "--factory",
+            "gateway.app:create_app",
+            "--workers",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        charts = [
+            i
+            for i in range(1, 37)
+            if httpx.get(f"{url}/api/artifacts/{i}").json()["artifact_type"] == "chart"
+        ]
+        etags = {
+            i: httpx.get(f"{url}/api/artifacts/{i}/image", timeout=60).headers["etag"]
+            for i in charts
+        }
+        asyncio.run(run_load(url, clients=args.clients, seconds=args.warmup, etags=etags))
+        workers = children(server.pid)
+        rss_start = {pid: rss_mib(pid) for pid in workers}
+        latencies, errors, elapsed = asyncio.run(
+            run_load(url, clients=args.clients, seconds=args.seconds, etags=etags)
+        )
+        rss_end = {pid: rss_mib(pid) for pid in workers}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    total = sum(len(v) for v in latencies.values())
+    print(f"mixed load: {args.clients} clients, {args.seconds:.0f} s, uvicorn --workers 2")
+    print(f"{'kind':<12} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for kind, samples in latencies.items():
+        print(
+            f"{kind:<12} {len(samples):>9} {pct(samples, 0.5):>8.1f} {pct(samples, 0.95):>8.1f} "
+            f"{pct(samples, 0.99):>8.1f}"
+        )
+    print(f"total {total / elapsed:,.0f} req/s, errors {errors}")
+    for pid in workers:
+        growth = (rss_end[pid] / rss_start[pid] - 1) * 100 if rss_start[pid] else 0.0
+        print(f"worker {pid}: RSS {rss_start[pid]:.0f} -> {rss_end[pid]:.0f} MiB ({growth:+.1f}%)")
+
+    bars = random_walk_bars(300, seed=3)
+    spec = ChartSpec(width=800, height=500)
+    for _ in range(50):
+        render_chart(bars, spec)
+    start = rss_mib(os.getpid())
+    samples = []
+    for _ in range(args.renders):
+        began = time.perf_counter()
+        render_chart(bars, spec)
+        samples.append(time.perf_counter() - began)
+    end = rss_mib(os.getpid())
+    print(
+        f"{args.renders} sequential renders (300 bars, 800x500): median "
+        f"{statistics.median(samples) * 1000:.1f} ms; RSS {start:.0f} -> {end:.0f} MiB "
+        f"({(end / start - 1) * 100:+.1f}%)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Dialect, Index, String, TypeDecorator
+from sqlalchemy import JSON, Column, DateTime, Dialect, Index, String, Text, TypeDecorator
 from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel
 
@@ -59,6 +60,34 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+class TolerantJSON(TypeDecorator[Any]):
+    """JSON; on SQLite (stored as text) a value that is not JSON reads back as its raw text.
+
+    PostgreSQL validates JSON on write, so there the plain JSON type is used.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Text())
+        return dialect.type_descriptor(JSON())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return None if value is None else json.dumps(value)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite" or not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+
+
 class Artifact(SQLModel, table=True):
     """One stored artifact. Columns match production exactly; no migrations are run."""
 
@@ -74,9 +103,9 @@ class Artifact(SQLModel, table=True):
     run_id: str | None = None
     experiment_id: str | None = None
     # JSON columns are typed loosely: other writers put odd shapes in them.
-    chart_data: Any | None = Field(default=None, sa_column=Column(JSON))
+    chart_data: Any | None = Field(default=None, sa_column=Column(TolerantJSON()))
     # `metadata` is reserved on declarative classes, so the attribute is `meta`.
-    meta: Any | None = Field(default=None, sa_column=Column("metadata", JSON))
+    meta: Any | None = Field(default=None, sa_column=Column("metadata", TolerantJSON()))
     path: str | None = None
     # Never None when written through this model; None on read for unreadable stored values.
     created_at: datetime = Field(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import anyio.to_thread
-from sqlalchemy import ColumnElement, and_, func, or_, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, update
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
@@ -26,17 +26,27 @@ class Page:
     has_next: bool
 
 
-def _metadata_text(key: str) -> ColumnElement[str]:
-    return Artifact.__table__.c.metadata[key].as_string()  # type: ignore[attr-defined, no-any-return]
+def _metadata_text(key: str, dialect: str) -> ColumnElement[str]:
+    column = Artifact.__table__.c.metadata  # type: ignore[attr-defined]
+    value: ColumnElement[str] = column[key].as_string()
+    if dialect == "sqlite":
+        # SQLite keeps JSON as text and other writers may have stored text that is not JSON;
+        # json_extract would fail the whole query on such a row.
+        return case((func.json_valid(column) == 1, value), else_=None)
+    return value
 
 
-def effective_workflow_id_expr() -> ColumnElement[str]:
+def effective_workflow_id_expr(dialect: str) -> ColumnElement[str]:
     """SQL for the workflow id used by lineage: column, else metadata workflow_id/dag_run_id."""
     return func.coalesce(
         func.nullif(col(Artifact.workflow_id), ""),
-        _metadata_text("workflow_id"),
-        _metadata_text("dag_run_id"),
+        _metadata_text("workflow_id", dialect),
+        _metadata_text("dag_run_id", dialect),
     )
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
 
 
 def missing_lineage_expr() -> ColumnElement[bool]:
@@ -68,7 +78,7 @@ def list_artifacts(
     if symbol is not None:
         conditions.append(col(Artifact.symbol) == symbol)
     if workflow_id is not None:
-        conditions.append(effective_workflow_id_expr() == workflow_id)
+        conditions.append(effective_workflow_id_expr(_dialect(session)) == workflow_id)
     if missing_lineage is True:
         conditions.append(missing_lineage_expr())
     elif missing_lineage is False:
@@ -130,7 +140,10 @@ def set_workflow_lineage_if_null(
         CursorResult[Any],
         session.execute(
             update(table)
-            .where(effective_workflow_id_expr() == workflow_id, table.c.run_id.is_(None))
+            .where(
+                effective_workflow_id_expr(_dialect(session)) == workflow_id,
+                table.c.run_id.is_(None),
+            )
             .values(
                 run_id=run_id, experiment_id=func.coalesce(table.c.experiment_id, experiment_id)
             )
@@ -158,8 +171,20 @@ async def run_in_session(engine: Engine, fn: Callable[..., T], /, **kwargs: Any)
                 session.commit()
                 return result
         except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            if _is_unavailable(exc):
                 raise DatabaseUnavailableError("the database is unavailable") from exc
             raise
 
     return await anyio.to_thread.run_sync(call)
+
+
+# SQLite reports schema mistakes as OperationalError too; those are bugs, not outages.
+_SCHEMA_ERRORS = ("no such table", "no such column", "syntax error")
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    return not str(exc.orig).lower().startswith(_SCHEMA_ERRORS)

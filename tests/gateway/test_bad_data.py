@@ -142,3 +142,20 @@ def test_chart_data_that_is_not_an_object_is_served_as_is(
     body = client.get(f"/api/artifacts/{artifact_id}").json()
     assert body["chart_data"] == "s3://charts/x.png"
     assert client.get(f"/api/artifacts/{artifact_id}/image").status_code == 200
+
+
+def test_json_columns_holding_text_that_is_not_json_read_as_that_text(
+    client: TestClient, engine: Engine, insert: Callable[..., int]
+) -> None:
+    broken = insert(name="broken", workflow_id=None)
+    fine = insert(name="fine", meta={"workflow_id": "wf-1"})
+    raw_metadata(engine, broken, "{not json")
+    body = read_all(client)
+    assert "errors" not in body
+    nodes = {e["node"]["id"]: e["node"] for e in body["data"]["artifacts"]["edges"]}
+    assert nodes[broken]["metadata"] == "{not json"
+    filtered = client.post(
+        "/graphql", json={"query": '{ artifacts(workflowId: "wf-1") { edges { node { id } } } }'}
+    ).json()
+    assert filtered["data"]["artifacts"]["edges"] == [{"node": {"id": fine}}]
+    assert client.get(f"/api/artifacts/{broken}").json()["metadata"] == "{not json"

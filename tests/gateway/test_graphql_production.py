@@ -54,22 +54,19 @@ def test_production_masks_unexpected_errors_and_logs_them_with_the_request_id(
     log_events: list[dict[str, Any]],
 ) -> None:
     artifact_id = insert(name="corrupt")
-    # Text that is not JSON in a JSON column fails inside the driver layer: an unexpected error.
+    # Schema drift (a column renamed under the gateway) is a bug, not a client mistake.
     with engine.begin() as conn:
-        conn.execute(
-            text("UPDATE artifacts SET metadata = '{not json' WHERE id = :id"),
-            {"id": artifact_id},
-        )
+        conn.execute(text("ALTER TABLE artifacts RENAME COLUMN symbol TO ticker"))
     response = production_client.post(
         "/graphql",
-        json={"query": "{ artifact(id: %d) { id metadata } }" % artifact_id},
+        json={"query": "{ artifact(id: %d) { id symbol } }" % artifact_id},
         headers={"x-request-id": "req-mask-1"},
     )
     assert response.status_code == 200
     body = response.json()
     assert messages(body) == ["Unexpected error."]
     assert "Traceback" not in response.text
-    assert "not json" not in response.text
+    assert "no such column" not in response.text
     logged = [e for e in log_events if e["event"] == "graphql.unexpected_error"]
     assert len(logged) == 1
     assert logged[0]["request_id"] == "req-mask-1"

@@ -176,6 +176,8 @@ def main() -> None:
         growth = (rss_end[pid] / rss_start[pid] - 1) * 100 if rss_start[pid] else 0.0
         print(f"worker {pid}: RSS {rss_start[pid]:.0f} -> {rss_end[pid]:.0f} MiB ({growth:+.1f}%)")
 
+    if args.renders < 1:
+        return
     bars = random_walk_bars(300, seed=3)
     spec = ChartSpec(width=800, height=500)
     for _ in range(50):

@@ -24,7 +24,6 @@ from gateway.gql.schema import build_schema
 from gateway.images import ImageService
 from gateway.lineage import CircuitBreaker, LineageResolver
 from gateway.mlflow_backend import make_backend
-from gateway.objectstore import make_client
 from gateway.observability import Metrics, RequestContextMiddleware, configure_logging
 from gateway.problems import gateway_error_handler, http_error_handler, unexpected_error_handler
 from gateway.routes import (
@@ -92,7 +91,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.warning("db.unavailable_at_startup", error=str(exc).splitlines()[0])
         resolver = build_resolver(settings, metrics_)
         warm_up = asyncio.create_task(resolver.backend.warm_up())
-        images = ImageService(settings=settings, client=make_client(settings), metrics=metrics_)
+        images = ImageService(settings=settings, metrics=metrics_)
         services = Services(
             settings=settings, engine=engine, metrics=metrics_, resolver=resolver, images=images
         )

@@ -36,8 +36,10 @@ from gateway.objectstore import (
     FetchedObject,
     FetchFailure,
     ObjectLocation,
+    SocketRegistry,
     UrlRefusal,
     fetch_png,
+    make_client,
     object_etag,
     parse_minio_url,
 )
@@ -115,9 +117,10 @@ def render_fingerprint(snapshot: Any, spec: ChartSpec) -> str:
 class ImageService:
     """Serves chart PNGs for artifacts; one per app, shared by all requests."""
 
-    def __init__(self, *, settings: Settings, client: Minio | None, metrics: Metrics) -> None:
+    def __init__(self, *, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
-        self.client = client
+        self._sockets = SocketRegistry()
+        self.client: Minio | None = make_client(settings, registry=self._sockets)
         self.metrics = metrics
         self._cache: LRUCache[tuple[Any, ...], bytes] = LRUCache(
             maxsize=max(settings.image_cache_mb, 1) * 1024 * 1024, getsizeof=len
@@ -286,12 +289,21 @@ class ImageService:
 
     async def _run_io(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         deadline = self.settings.minio_timeout_s * 2 + 1
+        worker: list[int] = []
+
+        def call() -> Any:
+            worker.append(threading.get_ident())
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._sockets.forget(worker[0])
+
         try:
             with anyio.fail_after(deadline):
-                return await anyio.to_thread.run_sync(
-                    lambda: fn(*args, **kwargs), abandon_on_cancel=True
-                )
+                return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
         except TimeoutError:
+            if worker:  # free the worker thread too, not just this request
+                self._sockets.cut(worker[0])
             return FetchFailure("timeout", f"MinIO did not answer within {deadline} s")
 
     async def _regenerate(self, row: Artifact, *, fallback_reason: str | None) -> ChartImage:

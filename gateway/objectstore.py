@@ -7,7 +7,10 @@ read with the service's own client and credentials, from the configured endpoint
 from __future__ import annotations
 
 import re
+import socket
+import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -15,6 +18,8 @@ from urllib.parse import unquote, urlsplit
 import urllib3
 from minio import Minio
 from minio.error import S3Error
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from gateway.settings import Settings
 
@@ -88,16 +93,69 @@ def parse_minio_url(url: Any, settings: Settings) -> ObjectLocation | UrlRefusal
     return ObjectLocation(bucket=bucket, key=key)
 
 
-def make_client(settings: Settings) -> Minio | None:
+class SocketRegistry:
+    """The socket each thread is using for MinIO, so a deadline can cut a read that never ends.
+
+    urllib3 timeouts bound each socket read, not a whole response: a server that drips one
+    byte at a time would hold a worker thread for as long as it likes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_thread: dict[int, socket.socket] = {}
+
+    def track(self, sock: socket.socket) -> None:
+        """Remember the socket the calling thread has just sent a request on."""
+        with self._lock:
+            self._by_thread[threading.get_ident()] = sock
+
+    def forget(self, thread_id: int) -> None:
+        """The thread is done with MinIO."""
+        with self._lock:
+            self._by_thread.pop(thread_id, None)
+
+    def cut(self, thread_id: int) -> None:
+        """Shut the thread's socket down; its blocked read fails at once."""
+        with self._lock:
+            sock = self._by_thread.pop(thread_id, None)
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _tracking_pool_manager(registry: SocketRegistry, **kwargs: Any) -> urllib3.PoolManager:
+    def tracked(base: type[HTTPConnection]) -> type[HTTPConnection]:
+        class Tracked(base):  # type: ignore[valid-type, misc]
+            def request(self, *args: Any, **kw: Any) -> None:
+                super().request(*args, **kw)
+                if self.sock is not None:
+                    registry.track(self.sock)
+
+        return Tracked
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = tracked(HTTPConnection)
+
+    class TlsPool(HTTPSConnectionPool):
+        ConnectionCls = tracked(HTTPSConnection)  # type: ignore[assignment]
+
+    manager = urllib3.PoolManager(**kwargs)
+    manager.pool_classes_by_scheme = {"http": Pool, "https": TlsPool}
+    return manager
+
+
+def make_client(settings: Settings, *, registry: SocketRegistry | None = None) -> Minio | None:
     """The service's MinIO client, or None when MINIO_ENDPOINT is not set.
 
     Its own urllib3 pool: tight connect/read timeouts, at most one retry on connect, no read
-    retries, no Retry-After sleeps, no redirects.
+    retries, no Retry-After sleeps, no redirects. With a registry, the sockets in use are
+    tracked so a deadline can cut them.
     """
     if not settings.minio_endpoint:
         return None
     timeout = settings.minio_timeout_s
-    http = urllib3.PoolManager(
+    http = _tracking_pool_manager(
+        registry if registry is not None else SocketRegistry(),
         timeout=urllib3.Timeout(connect=min(timeout, 1.0), read=timeout),
         retries=urllib3.Retry(
             total=1,

@@ -300,6 +300,7 @@ class TcpProxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self.accepted = 0
+        self.live_pipes = 0  # relay directions still running
 
     def start(self) -> TcpProxy:
         listener = socket.socket()
@@ -328,6 +329,8 @@ class TcpProxy:
             threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
 
     def _pipe(self, source: socket.socket, target: socket.socket, to_client: bool) -> None:
+        with self._lock:
+            self.live_pipes += 1
         try:
             while True:
                 data = source.recv(65536)
@@ -345,6 +348,8 @@ class TcpProxy:
             for sock in (source, target):
                 with suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self.live_pipes -= 1
 
     def stop(self) -> None:
         if self._listener is not None:

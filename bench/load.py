@@ -64,6 +64,7 @@ async def run_load(
 ) -> tuple[dict[str, list[float]], int, float]:
     latencies: dict[str, list[float]] = {"list": [], "artifact": [], "image": [], "image_304": []}
     errors = 0
+    failures: dict[str, int] = {}
     charts = sorted(etags)
     deadline = time.perf_counter() + seconds
     async with httpx.AsyncClient(
@@ -88,13 +89,19 @@ async def run_load(
                         headers = {"if-none-match": etags[chart]} if kind == "image_304" else {}
                         r = await client.get(f"/api/artifacts/{chart}/image", headers=headers)
                         ok = r.status_code == (304 if kind == "image_304" else 200)
-                except httpx.HTTPError:
-                    ok = False
+                except httpx.HTTPError as exc:
+                    ok, r = False, None
+                    failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
                 latencies[kind].append(time.perf_counter() - started)
+                if not ok and r is not None:
+                    label = f"{kind} HTTP {r.status_code}"
+                    failures[label] = failures.get(label, 0) + 1
                 errors += not ok
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(clients)))
+        if failures:
+            print("failures:", failures)
         return latencies, errors, time.perf_counter() - started
 
 

@@ -1,4 +1,4 @@
-"""Load benchmark: `uvicorn --workers 2` under a mixed workload on loopback, and render soak.
+"""Load benchmark: `gateway serve --workers 2` under a mixed workload on loopback, and render soak.
 
 Mixed workload at 64 concurrent clients (bounded in time): artifact lists with lineage, single
 artifacts, images with and without If-None-Match. Reports requests/s, p50/p95/p99 per kind,
@@ -42,14 +42,16 @@ def rss_mib(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
+    """Worker processes of the server (not multiprocessing's resource tracker)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"resource_tracker" not in cmdline:
                 found.append(int(entry.name))
     return found
 
@@ -91,7 +93,9 @@ async def run_load(
                         ok = r.status_code == (304 if kind == "image_304" else 200)
                 except httpx.HTTPError as exc:
                     ok, r = False, None
-                    failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+                    label = f"{kind} {type(exc).__name__}"
+                    failures[label] = failures.get(label, 0) + 1
+                    print(f"  {label} after {time.perf_counter() - started:.2f} s: {exc!r}")
                 latencies[kind].append(time.perf_counter() - started)
                 if not ok and r is not None:
                     label = f"{kind} HTTP {r.status_code}"
@@ -108,7 +112,7 @@ async def run_load(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--warmup", type=float, default=30)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--renders", type=int, default=2000)
     args = parser.parse_args()
@@ -125,22 +129,9 @@ def main() -> None:
         "MLFLOW_TRACKING_URI": mlflow_uri,
         "GATEWAY_LOG_LEVEL": "error",
     }
-    uvicorn = Path(sys.executable).with_name("uvicorn")
+    gateway = Path(sys.executable).with_name("gateway")
     server = subprocess.Popen(
-        [
-            str(uvicorn),
-            "--factory",
-            "gateway.app:create_app",
-            "--workers",
-            "2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        [str(gateway), "serve", "--workers", "2", "--port", str(port)],
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -171,7 +162,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     total = sum(len(v) for v in latencies.values())
-    print(f"mixed load: {args.clients} clients, {args.seconds:.0f} s, uvicorn --workers 2")
+    print(f"mixed load: {args.clients} clients, {args.seconds:.0f} s, gateway serve --workers 2")
     print(f"{'kind':<12} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for kind, samples in latencies.items():
         print(

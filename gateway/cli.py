@@ -27,6 +27,11 @@ def _serve(args: argparse.Namespace, _settings: Settings) -> int:
         host=args.host,
         port=args.port,
         reload=args.reload,
+        workers=None if args.reload else args.workers,
+        # Longer than the idle timeout of load balancers and client pools (60 s on AWS ALB,
+        # 5 s in httpx): the client must always be the side that closes an idle connection,
+        # or a request sent as the server closes it fails with a reset.
+        timeout_keep_alive=args.keep_alive,
         access_log=False,  # the gateway logs its own `http.request` event with the request id
         proxy_headers=True,
     )
@@ -157,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--reload", action="store_true", help="restart on code changes (dev)")
+    serve.add_argument("--workers", type=_positive_int, default=1, help="worker processes")
+    serve.add_argument(
+        "--keep-alive",
+        type=_positive_int,
+        default=75,
+        help="seconds an idle keep-alive connection stays open (default 75)",
+    )
     serve.set_defaults(handler=_serve)
 
     sub.add_parser("init-db", help="create the artifacts table if missing").set_defaults(

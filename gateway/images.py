@@ -134,8 +134,10 @@ class ImageService:
         self._pool = ThreadPoolExecutor(
             max_workers=settings.render_concurrency, thread_name_prefix="render"
         )
-        # Renders waiting or running; past this, new renders get 503 instead of queueing.
-        self._render_slots = asyncio.Semaphore(settings.render_concurrency * 4)
+        # Renders waiting or running; past this, new renders get 503 instead of queueing. A
+        # queued render still answers within render_timeout_s (waiting time counts), so a deep
+        # queue cannot hold a request longer than one render deadline.
+        self._render_slots = asyncio.Semaphore(max(settings.render_queue, 1))
 
     def close(self) -> None:
         """Stop the render pool (running renders finish)."""

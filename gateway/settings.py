@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     image_cache_mb: int = Field(default=64, ge=0, validation_alias="GATEWAY_IMAGE_CACHE_MB")
     render_concurrency: int = Field(default=2, ge=1, validation_alias="GATEWAY_RENDER_CONCURRENCY")
     render_timeout_s: float = Field(default=10.0, gt=0, validation_alias="GATEWAY_RENDER_TIMEOUT_S")
+    # Renders waiting or running per worker; each still answers within render_timeout_s.
+    render_queue: int = Field(default=32, ge=1, le=10_000, validation_alias="GATEWAY_RENDER_QUEUE")
     max_bars: int = Field(default=2000, ge=10, validation_alias="GATEWAY_MAX_BARS")
     max_snapshot_bars: int = Field(
         default=100_000, ge=10, validation_alias="GATEWAY_MAX_SNAPSHOT_BARS"

@@ -362,6 +362,45 @@ def test_fifty_concurrent_requests_for_one_uncached_chart_render_once(
     assert "gateway_chart_render_seconds_count 1.0" in metrics
 
 
+def test_renders_beyond_the_queue_get_503_with_retry_after_and_the_rest_succeed(
+    settings: Settings,
+    engine: Engine,
+    insert: Callable[..., int],
+) -> None:
+    # Ten distinct charts at once against a queue of 2: each request either gets its chart or
+    # a 503 problem with Retry-After; none waits past the deadline, none 500s.
+    ids = [
+        chart_row(insert, "s3://charts/none.png", bars=random_walk_bars(400, seed=i))
+        for i in range(10)
+    ]
+    app = create_app(settings.model_copy(update={"render_concurrency": 1, "render_queue": 2}))
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+    with LiveServer(app) as server:
+        barrier = threading.Barrier(len(ids))
+
+        def fetch(artifact_id: int) -> None:
+            barrier.wait()
+            response = httpx.get(f"{server.url}/api/artifacts/{artifact_id}/image", timeout=60)
+            with lock:
+                answers.append(response)
+
+        threads = [threading.Thread(target=fetch, args=(i,)) for i in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        retried = [httpx.get(f"{server.url}/api/artifacts/{i}/image", timeout=60) for i in ids]
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) == {200, 503}, statuses
+    assert 2 <= statuses.count(200) < len(ids)
+    for shed in (r for r in answers if r.status_code == 503):
+        assert shed.headers["retry-after"] == "1"
+        assert "retry" in shed.json()["detail"]
+    # Retried one at a time, every chart is served: shedding lost nothing.
+    assert [r.status_code for r in retried] == [200] * len(ids)
+
+
 def connections_to(port: int) -> int:
     """Established TCP connections from this machine to a loopback port (from /proc/net/tcp)."""
     count = 0

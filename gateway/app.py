@@ -36,6 +36,7 @@ from gateway.routes import (
     services_of,
 )
 from gateway.settings import Settings
+from gateway.ui import ui_routes
 
 # GraphQL documents are small; anything bigger is an attack or a mistake.
 MAX_BODY_BYTES = 256 * 1024
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *ui_routes(),
     ]
     exception_handlers: dict[Any, Any] = {
         GatewayError: gateway_error_handler,

@@ -1,0 +1,335 @@
+"""Read-only HTML pages for QA and on-call: artifact list, detail with lineage, chart comparison.
+
+Server-rendered with Jinja2 (autoescaped), no JavaScript and no external assets. Every page is
+built from the same repository functions, lineage resolver and image service as the API, so a
+page shows exactly what the API answers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import anyio
+import pandas as pd
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from chartkit import SnapshotError, load_snapshot
+from gateway import repository
+from gateway.errors import GatewayError, InvalidInputError, NotFoundError
+from gateway.gql.types import as_utc
+from gateway.images import ChartImage, Source, bar_count, snapshot_of
+from gateway.lineage import Lineage, LineageStatus, experiment_url, run_url
+from gateway.lineage_keys import effective_workflow_id
+from gateway.models import Artifact, ArtifactType
+from gateway.routes import Services, parse_artifact_id, services_of
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+log = structlog.get_logger("gateway")
+
+PAGE_SIZE = 25
+MAX_FILTER_CHARS = 200
+_TYPES = tuple(t.value for t in ArtifactType)
+# Pages load only their own stylesheet and images; forms post nowhere but here.
+HTML_CSP = (
+    "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+_WORD = re.compile(r"^[A-Za-z0-9._:\-/ ]*$")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The list filters, validated from the query string."""
+
+    artifact_type: str | None = None
+    symbol: str | None = None
+    workflow_id: str | None = None
+    missing_lineage: bool = False
+    after: int | None = None
+
+    def query(self, **override: Any) -> str:
+        """The query string of these filters, with some values replaced."""
+        values = {
+            "type": self.artifact_type,
+            "symbol": self.symbol,
+            "workflow": self.workflow_id,
+            "missing": "1" if self.missing_lineage else None,
+            "after": self.after,
+            **override,
+        }
+        return urlencode({k: v for k, v in values.items() if v not in (None, "")})
+
+
+def _text_filter(request: Request, name: str) -> str | None:
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return None
+    if len(raw) > MAX_FILTER_CHARS or not _WORD.match(raw):
+        raise InvalidInputError(
+            f"{name} may hold up to {MAX_FILTER_CHARS} letters, digits, spaces and ._:-/"
+        )
+    return raw
+
+
+def parse_filters(request: Request) -> Filters:
+    """Filters from the query string; InvalidInputError names the bad one."""
+    artifact_type = request.query_params.get("type") or None
+    if artifact_type is not None and artifact_type not in _TYPES:
+        raise InvalidInputError(f"type must be one of {', '.join(_TYPES)}")
+    after_raw = request.query_params.get("after") or None
+    after = parse_artifact_id(after_raw) if after_raw is not None else None
+    missing = request.query_params.get("missing", "")
+    if missing not in ("", "0", "1", "on", "true"):
+        raise InvalidInputError("missing must be 1 or absent")
+    return Filters(
+        artifact_type=artifact_type,
+        symbol=_text_filter(request, "symbol"),
+        workflow_id=_text_filter(request, "workflow"),
+        missing_lineage=missing in ("1", "on", "true"),
+        after=after,
+    )
+
+
+def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+    """A template response with the HTML content security policy."""
+    response = templates.TemplateResponse(request, template, context, status_code=status_code)
+    response.headers["Content-Security-Policy"] = HTML_CSP
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def error_page(request: Request, exc: GatewayError) -> Response:
+    """A gateway error as an HTML page with the same status and message as the API gives."""
+    log.info("ui.error", status=exc.status_code, detail=str(exc))
+    response = render(
+        request, "error.html", status_code=exc.status_code, title=exc.title, detail=str(exc)
+    )
+    if exc.status_code == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the list page."""
+
+    artifact: Artifact
+    lineage: Lineage
+    created: str
+
+
+def _when(value: datetime | None) -> str:
+    utc = as_utc(value)
+    return utc.strftime("%Y-%m-%d %H:%M UTC") if utc is not None else "unknown"
+
+
+async def artifact_list(request: Request) -> Response:
+    """GET /ui/artifacts: filtered, paginated table with lineage badges."""
+    services = services_of(request)
+    try:
+        filters = parse_filters(request)
+        page = await repository.run_in_session(
+            services.engine,
+            repository.list_artifacts,
+            first=PAGE_SIZE,
+            after_id=filters.after,
+            artifact_type=filters.artifact_type,
+            symbol=filters.symbol,
+            workflow_id=filters.workflow_id,
+            missing_lineage=True if filters.missing_lineage else None,
+        )
+        missing = await repository.run_in_session(services.engine, repository.count_missing_lineage)
+    except GatewayError as exc:
+        return error_page(request, exc)
+    lineages = await services.resolver.resolve_rows(page.items)
+    rows = [
+        Row(artifact=a, lineage=lin, created=_when(a.created_at))
+        for a, lin in zip(page.items, lineages, strict=True)
+    ]
+    next_query = None
+    if page.has_next and page.items:
+        next_query = filters.query(after=page.items[-1].id)
+    return render(
+        request,
+        "artifact_list.html",
+        rows=rows,
+        filters=filters,
+        types=_TYPES,
+        missing_count=missing,
+        next_query=next_query,
+        first_query=filters.query(after=None) if filters.after else None,
+    )
+
+
+@dataclass(frozen=True)
+class MarketData:
+    """What the detail page says about a chart's stored bars."""
+
+    bars: int
+    first: str
+    last: str
+    last_close: str
+    problem: str | None = None
+
+
+def market_data(row: Artifact, max_bars: int) -> MarketData | None:
+    """A summary of the stored snapshot, a problem description, or None when there is none."""
+    snapshot = snapshot_of(row)
+    if snapshot is None:
+        return None
+    count = bar_count(snapshot)
+    if count is not None and count > max_bars:
+        return MarketData(count, "", "", "", problem=f"{count} bars, more than {max_bars}")
+    try:
+        frame = load_snapshot(snapshot)
+    except SnapshotError as exc:
+        return MarketData(0, "", "", "", problem=str(exc))
+    close = float(frame["close"].iloc[-1])
+    return MarketData(
+        bars=len(frame),
+        first=_bar_time(frame.index[0]),
+        last=_bar_time(frame.index[-1]),
+        last_close=f"{close:,.2f}" if math.isfinite(close) else "not a number",
+    )
+
+
+def _bar_time(value: Any) -> str:
+    stamp = pd.Timestamp(value)
+    if stamp == stamp.normalize():
+        return stamp.strftime("%Y-%m-%d")
+    return stamp.strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass(frozen=True)
+class Chart:
+    """The outcome of asking the image service for one source of a chart."""
+
+    artifact_id: int
+    source: Source
+    image: ChartImage | None
+    problem: str | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Pixel width and height from the PNG header, so the page reserves the right box."""
+        data = self.image.data if self.image is not None else b""
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return 1200, 800
+
+    @property
+    def src(self) -> str:
+        """The image route for this source; the browser fetches it from the warmed cache."""
+        query = "" if self.source == "auto" else f"?source={self.source}"
+        return f"/api/artifacts/{self.artifact_id}/image{query}"
+
+
+async def chart_of(services: Services, row: Artifact, source: Source) -> Chart:
+    """Ask the image service now, so the page shows a reason instead of a broken image."""
+    assert row.id is not None
+    try:
+        image = await services.images.image(row, source=source)
+    except GatewayError as exc:
+        return Chart(row.id, source, None, str(exc))
+    return Chart(row.id, source, image, None)
+
+
+async def _load_row(services: Services, request: Request) -> Artifact:
+    artifact_id = parse_artifact_id(request.path_params["artifact_id"])
+    row = await repository.run_in_session(
+        services.engine, repository.get_artifact, artifact_id=artifact_id
+    )
+    if row is None:
+        raise NotFoundError(f"artifact {artifact_id} does not exist")
+    return row
+
+
+def _lineage_context(services: Services, row: Artifact, lineage: Lineage) -> dict[str, Any]:
+    ui_url = services.settings.mlflow_ui_base
+    return {
+        "lineage": lineage,
+        "unresolved": lineage.status in (LineageStatus.UNRESOLVED, LineageStatus.UNAVAILABLE),
+        "run_url": run_url(ui_url, lineage),
+        "experiment_url": experiment_url(ui_url, lineage),
+        "workflow_id": effective_workflow_id(row),
+    }
+
+
+async def artifact_detail(request: Request) -> Response:
+    """GET /ui/artifacts/{id}: lineage banner, chart, market data, LLM text or signal."""
+    services = services_of(request)
+    try:
+        row = await _load_row(services, request)
+    except GatewayError as exc:
+        return error_page(request, exc)
+    lineage = await services.resolver.request().of(row)
+    chart = market = None
+    if row.artifact_type == ArtifactType.CHART:
+        chart = await chart_of(services, row, "auto")
+        market = await anyio.to_thread.run_sync(
+            market_data, row, services.settings.max_snapshot_bars
+        )
+    meta = row.meta if isinstance(row.meta, dict) else {}
+    return render(
+        request,
+        "artifact_detail.html",
+        artifact=row,
+        created=_when(row.created_at),
+        chart=chart,
+        market=market,
+        meta=meta,
+        **_lineage_context(services, row, lineage),
+    )
+
+
+async def artifact_compare(request: Request) -> Response:
+    """GET /ui/artifacts/{id}/compare: the MinIO chart beside the regenerated one."""
+    services = services_of(request)
+    try:
+        row = await _load_row(services, request)
+    except GatewayError as exc:
+        return error_page(request, exc)
+    if row.artifact_type != ArtifactType.CHART:
+        return error_page(request, NotFoundError(f"artifact {row.id} is not a chart"))
+    stored = await chart_of(services, row, "minio")
+    regenerated = await chart_of(services, row, "regenerated")
+    same = (
+        stored.image is not None
+        and regenerated.image is not None
+        and stored.image.data == regenerated.image.data
+    )
+    return render(
+        request,
+        "artifact_compare.html",
+        artifact=row,
+        stored=stored,
+        regenerated=regenerated,
+        identical=same,
+    )
+
+
+def ui_routes() -> list[Route | Mount]:
+    """The /ui pages and their stylesheet."""
+    return [
+        Route("/ui", lambda _r: _redirect("/ui/artifacts"), methods=["GET"]),
+        Route("/ui/artifacts", artifact_list, methods=["GET"]),
+        Route("/ui/artifacts/{artifact_id}", artifact_detail, methods=["GET"]),
+        Route("/ui/artifacts/{artifact_id}/compare", artifact_compare, methods=["GET"]),
+        Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+
+
+def _redirect(url: str) -> Response:
+    return Response(status_code=307, headers={"Location": url})

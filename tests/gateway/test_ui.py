@@ -1,0 +1,268 @@
+"""The /ui pages over HTTP (ASGI): content, filters, pagination, escaping, bad input."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from html.parser import HTMLParser
+
+import pytest
+from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
+
+from chartkit import load_snapshot, random_walk_bars
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.gateway.test_lineage import UI, experiment, lineage_settings, make_run, mlflow
+from tests.servers import RecordingProxy
+
+__all__ = ["experiment", "mlflow"]  # fixtures used by these tests
+
+BARS = random_walk_bars(60, seed=11)
+
+
+class Page(HTMLParser):
+    """The parts of a page the tests look at: text by element id, links, images, labels."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.ids: dict[str, str] = {}
+        self.links: list[dict[str, str]] = []
+        self.images: list[dict[str, str]] = []
+        self.label_for: set[str] = set()
+        self.inputs: list[str] = []
+        self.rows: list[list[str]] = []
+        self._open: list[tuple[str, str | None]] = []
+        self._texts: dict[str, list[str]] = {}
+        self._cell: list[str] | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = {k: v or "" for k, v in attrs}
+        if tag == "a":
+            self.links.append(attr)
+        elif tag == "img":
+            self.images.append(attr)
+        elif tag == "label" and "for" in attr:
+            self.label_for.add(attr["for"])
+        elif tag in ("input", "select") and attr.get("type") != "hidden":
+            self.inputs.append(attr.get("id", ""))
+        elif tag == "tr":
+            self.rows.append([])
+        elif tag == "td":
+            self._cell = []
+        if tag in ("img", "input", "link", "meta", "br"):
+            return
+        element_id = attr.get("id")
+        self._open.append((tag, element_id))
+        if element_id:
+            self._texts[element_id] = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None and self.rows:
+            self.rows[-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        while self._open:
+            open_tag, element_id = self._open.pop()
+            if element_id:
+                self.ids[element_id] = " ".join("".join(self._texts[element_id]).split())
+            if open_tag == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        for _tag, element_id in self._open:
+            if element_id:
+                self._texts[element_id].append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def link(self, text_id: str) -> str:
+        return next(a["href"] for a in self.links if a.get("id") == text_id)
+
+
+def page(client: TestClient, url: str, status: int = 200) -> Page:
+    response = client.get(url)
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    return Page(response.text)
+
+
+@pytest.fixture
+def ui_client(
+    settings: Settings, engine: Engine, mlflow_proxy: RecordingProxy
+) -> Iterator[TestClient]:
+    app = create_app(lineage_settings(settings, mlflow_proxy.url))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.mark.mlflow
+def test_detail_page_shows_hydrated_lineage_chart_and_market_data(
+    ui_client: TestClient, insert: Callable[..., int], mlflow: MlflowClient, experiment: str
+) -> None:
+    run_id = make_run(mlflow, experiment, workflow_id="wf-ui")
+    artifact_id = insert(
+        name="legacy chart",
+        symbol="MSFT",
+        workflow_id="wf-ui",
+        meta={"market_data_snapshot": BARS},
+        chart_data={"minio_url": "s3://charts/gone.png"},
+    )
+    detail = page(ui_client, f"/ui/artifacts/{artifact_id}")
+    assert detail.ids["run-id"] == run_id
+    assert detail.ids["experiment-id"] == experiment
+    assert detail.ids["workflow-id"] == "wf-ui"
+    assert detail.link("run-link") == f"{UI}/#/experiments/{experiment}/runs/{run_id}"
+    assert detail.link("experiment-link") == f"{UI}/#/experiments/{experiment}"
+    assert "lineage-problem" not in detail.ids
+    # The chart: no MinIO configured, so regenerated; the browser gets it from the route.
+    assert detail.images == [
+        {
+            "src": f"/api/artifacts/{artifact_id}/image",
+            "alt": "Technical chart of MSFT: candles, volume, moving averages, RSI and MACD",
+            "width": "1200",
+            "height": "800",
+        }
+    ]
+    assert "regenerated by chartkit" in detail.ids["chart-source"]
+    frame = load_snapshot(BARS)
+    market = detail.ids["market-data"]
+    assert detail.ids["bar-count"] == str(len(frame)) == "60"
+    assert frame.index[0].strftime("%Y-%m-%d") in market
+    assert f"{frame['close'].iloc[-1]:,.2f}" in market
+    image = ui_client.get(f"/api/artifacts/{artifact_id}/image")
+    assert image.status_code == 200
+    assert image.headers["x-cache"] == "hit"  # the page warmed the cache for the <img>
+
+
+def test_unresolved_lineage_is_stated_with_its_reason(
+    client: TestClient, insert: Callable[..., int]
+) -> None:
+    artifact_id = insert(name="orphan", artifact_type="signal", meta={"signal": "BUY"})
+    detail = page(client, f"/ui/artifacts/{artifact_id}")
+    assert detail.ids["run-id"] == "unknown"
+    assert detail.ids["lineage-problem"].startswith("Lineage unresolved: ")
+    assert len(detail.ids["lineage-problem"]) > len("Lineage unresolved: ")
+    assert not [a for a in detail.links if a.get("id") in ("run-link", "experiment-link")]
+
+
+def test_stored_lineage_llm_and_signal_fields_are_shown(
+    client: TestClient, insert: Callable[..., int]
+) -> None:
+    llm = insert(
+        name="analysis",
+        artifact_type="llm",
+        run_id="r" * 32,
+        experiment_id="7",
+        meta={"text": "RSI is <b>72</b> & rising", "model": "gpt-x"},
+    )
+    signal = insert(
+        name="signal",
+        artifact_type="signal",
+        run_id="s" * 32,
+        experiment_id="7",
+        meta={"signal": "SELL", "confidence": 0.81, "price": 412.5},
+    )
+    response = client.get(f"/ui/artifacts/{llm}")
+    assert "RSI is &lt;b&gt;72&lt;/b&gt; &amp; rising" in response.text  # escaped, not markup
+    assert "Model: gpt-x" in response.text
+    assert Page(response.text).ids["run-id"] == "r" * 32
+    text = client.get(f"/ui/artifacts/{signal}").text
+    assert re.search(r"<strong[^>]*>SELL</strong>", text)
+    assert "<dd>0.81</dd>" in text
+    assert "<dd>412.5</dd>" in text
+    assert "<img" not in text
+
+
+def test_list_filters_paginates_and_counts_missing_lineage(
+    client: TestClient, insert: Callable[..., int]
+) -> None:
+    linked = [
+        insert(name=f"linked {i}", symbol="AAPL", run_id=f"{i:032d}", experiment_id="1")
+        for i in range(20)
+    ]
+    legacy = [insert(name=f"legacy {i}", symbol="TSLA", workflow_id="wf-x") for i in range(12)]
+    llm = insert(name="words", artifact_type="llm", symbol="TSLA", meta={"text": "t"})
+    listing = page(client, "/ui/artifacts")
+    assert listing.ids["missing-count"].startswith("13 artifacts still missing lineage")
+    first_ids = [int(r[0]) for r in listing.rows if r and r[0].isdigit()]
+    assert first_ids == linked + legacy[:5]
+    next_href = next(a["href"] for a in listing.links if a.get("rel") == "next")
+    second = page(client, next_href)
+    assert [int(r[0]) for r in second.rows if r and r[0].isdigit()] == [*legacy[5:], llm]
+    assert not [a for a in second.links if a.get("rel") == "next"]
+    # Each row carries its lineage badge: stored ids, or legacy rows this MLflow cannot link.
+    badges = {int(r[0]): r[5] for r in listing.rows if r and r[0].isdigit()}
+    assert {badges[i] for i in linked} == {"stored"}
+    assert {badges[i] for i in legacy[:5]} <= {"unresolved", "unavailable"}
+
+    missing = page(client, "/ui/artifacts?missing=1&type=chart")
+    assert [int(r[0]) for r in missing.rows if r and r[0].isdigit()] == legacy
+    by_symbol = page(client, "/ui/artifacts?symbol=TSLA&workflow=wf-x")
+    assert [int(r[0]) for r in by_symbol.rows if r and r[0].isdigit()] == legacy
+    none = page(client, "/ui/artifacts?symbol=NOPE")
+    assert none.rows[-1] == ["No artifacts match these filters."]
+    # Every form control has a label.
+    assert set(listing.inputs) <= listing.label_for
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "message"),
+    [
+        ("/ui/artifacts/0", 400, "positive integer"),
+        ("/ui/artifacts/abc", 400, "positive integer"),
+        ("/ui/artifacts/99999", 404, "does not exist"),
+        ("/ui/artifacts/99999/compare", 404, "does not exist"),
+        ("/ui/artifacts?after=-3", 400, "positive integer"),
+        ("/ui/artifacts?type=movie", 400, "type must be one of"),
+        ("/ui/artifacts?symbol=%3Cscript%3E", 400, "symbol may hold"),
+        ("/ui/artifacts?workflow=" + "w" * 300, 400, "workflow may hold"),
+        ("/ui/artifacts?missing=maybe", 400, "missing must be"),
+    ],
+)
+def test_bad_input_gets_an_html_error_page_with_the_reason(
+    client: TestClient, url: str, status: int, message: str
+) -> None:
+    response = client.get(url)
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("text/html")
+    assert message in Page(response.text).ids.get("content", response.text)
+    assert "Traceback" not in response.text
+
+
+def test_compare_shows_both_sources_or_why_one_is_missing(
+    client: TestClient, insert: Callable[..., int]
+) -> None:
+    chart = insert(name="c", symbol="NVDA", meta={"market_data_snapshot": BARS})
+    compare = client.get(f"/ui/artifacts/{chart}/compare")
+    assert compare.status_code == 200
+    parsed = Page(compare.text)
+    # No MinIO object: the stored side says why; the regenerated side is an image.
+    assert "Not available: " in compare.text
+    assert [i["src"] for i in parsed.images] == [f"/api/artifacts/{chart}/image?source=regenerated"]
+    llm = insert(name="l", artifact_type="llm")
+    assert client.get(f"/ui/artifacts/{llm}/compare").status_code == 404
+
+
+def test_names_are_escaped_everywhere(client: TestClient, insert: Callable[..., int]) -> None:
+    hostile = '<script>alert("x")</script>'
+    artifact_id = insert(name=hostile, symbol="AAPL", artifact_type="signal")
+    for url in ("/ui/artifacts", f"/ui/artifacts/{artifact_id}"):
+        text = client.get(url).text
+        assert hostile not in text
+        assert "&lt;script&gt;" in text
+
+
+def test_unknown_type_and_unreadable_rows_render(
+    client: TestClient, insert: Callable[..., int]
+) -> None:
+    odd = insert(name="odd", artifact_type="video", meta=["not", "an", "object"])
+    bad_snapshot = insert(name="bad", meta={"market_data_snapshot": "not bars"})
+    assert client.get("/ui/artifacts").status_code == 200
+    assert client.get(f"/ui/artifacts/{odd}").status_code == 200
+    detail = client.get(f"/ui/artifacts/{bad_snapshot}")
+    assert detail.status_code == 200
+    assert "The stored snapshot cannot be read: " in detail.text
+    assert 'id="chart-problem"' in detail.text

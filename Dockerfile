@@ -8,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLBACKEND=Agg \
     MPLCONFIGDIR=/app/.cache/matplotlib \
     GATEWAY_ENV=production \
-    GATEWAY_LOG_FORMAT=json
+    GATEWAY_LOG_FORMAT=json \
+    MALLOC_ARENA_MAX=2
 
 RUN pip install --no-cache-dir uv \
  && useradd --create-home --uid 10001 gateway

@@ -128,6 +128,7 @@ def main() -> None:
         "DATABASE_URL": db_url,
         "MLFLOW_TRACKING_URI": mlflow_uri,
         "GATEWAY_LOG_LEVEL": "error",
+        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),  # as in the Dockerfile
     }
     gateway = Path(sys.executable).with_name("gateway")
     server = subprocess.Popen(

@@ -120,6 +120,77 @@ def _repair_lineage(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _verify_charts(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from prometheus_client import write_to_textfile
+
+    from gateway.db import make_engine
+    from gateway.objectstore import make_client
+    from gateway.observability import Metrics
+    from gateway.verify import FAILING, Outcome, Verification, count_charts, verify_charts
+
+    console = Console(stderr=args.json)
+    client = make_client(settings)
+    if client is None:
+        console.print("[red]verify-charts needs MINIO_ENDPOINT (and its credentials)[/red]")
+        return 2
+    engine = make_engine(settings.database_url)
+    metrics = Metrics()
+    try:
+        total = count_charts(engine, workflow_id=args.workflow_id)
+        if args.limit is not None:
+            total = min(total, args.limit)
+        with _progress(console) as progress:
+            task = progress.add_task("verifying charts", total=total)
+            results = verify_charts(
+                engine=engine,
+                client=client,
+                settings=settings,
+                metrics=metrics,
+                limit=args.limit,
+                workflow_id=args.workflow_id,
+                on_result=lambda _r: progress.advance(task),
+            )
+    except Exception as exc:
+        console.print(f"[red]verify-charts failed:[/red] {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        engine.dispose()
+    if args.metrics_file:
+        write_to_textfile(args.metrics_file, metrics.registry)
+    counts = {outcome: 0 for outcome in Outcome}
+    for result in results:
+        counts[result.outcome] += 1
+    failed = sum(counts[o] for o in FAILING)
+    if args.json:
+        document = {
+            "summary": {o.value: n for o, n in counts.items()},
+            "checked": len(results),
+            "ok": failed == 0,
+            "artifacts": [r.as_json() for r in results],
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        out = Console()
+        summary = Table(title=f"chart verification: {len(results)} charts")
+        summary.add_column("outcome")
+        summary.add_column("charts", justify="right")
+        for outcome, n in counts.items():
+            summary.add_row(outcome.value, str(n))
+        out.print(summary)
+        problems: list[Verification] = [r for r in results if r.outcome != Outcome.MATCH]
+        if problems:
+            detail = Table(title="not matching")
+            for column in ("id", "name", "outcome", "pixels differing", "detail"):
+                detail.add_column(column, justify="right" if column == "id" else "left")
+            for r in problems:
+                ratio = f"{r.pixel_ratio:.2%}" if r.pixel_ratio is not None else ""
+                detail.add_row(str(r.artifact_id), r.name, r.outcome.value, ratio, r.detail)
+            out.print(detail)
+    return 1 if failed else 0
+
+
 def _progress(console: Console) -> Progress:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
@@ -184,6 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("--workflow-id", help="only rows of this workflow")
     repair.add_argument("--batch-size", type=_positive_int, default=200)
     repair.set_defaults(handler=_repair_lineage)
+
+    verify = sub.add_parser(
+        "verify-charts",
+        help="check each stored chart against the chart its snapshot regenerates",
+        description="Exit status: 0 when nothing differs, 1 when a chart differs or MinIO "
+        "could not be read, 2 when MinIO is not configured.",
+    )
+    verify.add_argument("--limit", type=_positive_int, help="check at most N charts")
+    verify.add_argument("--workflow-id", help="only charts of this workflow")
+    verify.add_argument("--json", action="store_true", help="print one JSON document")
+    verify.add_argument(
+        "--metrics-file", help="write the Prometheus counters to this file (textfile collector)"
+    )
+    verify.set_defaults(handler=_verify_charts)
 
     export = sub.add_parser("export-schema", help="print the GraphQL SDL")
     export.add_argument("-o", "--output", help="write to this file instead of stdout")

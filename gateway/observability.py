@@ -115,6 +115,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.chart_verifications = Counter(
+            "gateway_chart_verifications_total",
+            "Stored charts checked by `gateway verify-charts`, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
         self.chart_render_seconds = Histogram(
             "gateway_chart_render_seconds",
             "chartkit render time.",

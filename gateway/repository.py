@@ -90,6 +90,19 @@ def list_artifacts(
     return Page(items=rows[:first], has_next=len(rows) > first)
 
 
+def count_artifacts(
+    session: Session, *, artifact_type: str | None = None, workflow_id: str | None = None
+) -> int:
+    """How many artifacts of this type and workflow exist."""
+    conditions: list[ColumnElement[bool]] = []
+    if artifact_type is not None:
+        conditions.append(col(Artifact.artifact_type) == artifact_type)
+    if workflow_id is not None:
+        conditions.append(effective_workflow_id_expr(_dialect(session)) == workflow_id)
+    statement = select(func.count()).select_from(Artifact).where(and_(True, *conditions))
+    return int(session.exec(statement).one())
+
+
 def count_missing_lineage(session: Session) -> int:
     """How many artifacts still lack a run id or experiment id."""
     statement = select(func.count()).select_from(Artifact).where(missing_lineage_expr())

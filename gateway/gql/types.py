@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio.to_thread
 import strawberry
 from strawberry.scalars import JSON
 
+from chartkit import SnapshotError, load_snapshot
 from gateway import models
 from gateway.gql.context import Context
+from gateway.images import bar_count, minio_url_of, snapshot_of
 from gateway.lineage import LineageSource, LineageStatus, experiment_url, run_url
 from gateway.lineage_keys import effective_workflow_id
+from gateway.objectstore import ObjectLocation, UrlRefusal, parse_minio_url
+from gateway.settings import Settings
 
 
 @strawberry.enum(description="What an artifact holds.")
@@ -63,6 +69,93 @@ class Lineage:
     experiment_url: str | None = strawberry.field(description="MLflow UI link to the experiment.")
 
 
+@strawberry.type(description="The first and last bar of a stored market-data snapshot (UTC).")
+class BarRange:
+    first: datetime
+    last: datetime
+
+
+@dataclass(frozen=True)
+class SnapshotSummary:
+    bars: int | None
+    first: datetime | None
+    last: datetime | None
+
+
+def summarize_snapshot(snapshot: Any, max_bars: int) -> SnapshotSummary:
+    """Bar count and range of a snapshot; counts only (no parse) above max_bars."""
+    if snapshot is None:
+        return SnapshotSummary(None, None, None)
+    counted = bar_count(snapshot)
+    if counted is not None and counted > max_bars:
+        return SnapshotSummary(counted, None, None)
+    try:
+        frame = load_snapshot(snapshot)
+    except SnapshotError:
+        return SnapshotSummary(None, None, None)
+    first, last = frame.index[0], frame.index[-1]
+    return SnapshotSummary(len(frame), first.to_pydatetime(), last.to_pydatetime())
+
+
+@strawberry.type(description="What QA needs to check a chart against the data it was drawn from.")
+class ChartInfo:
+    minio_url: str | None = strawberry.field(
+        description="chart_data.minio_url (else metadata.minio_url) exactly as stored."
+    )
+    bucket: str | None = strawberry.field(description="Bucket the image route reads.")
+    object_key: str | None = strawberry.field(
+        description="Object key the image route reads; null when the URL is refused."
+    )
+    url_problem: str | None = strawberry.field(
+        description="Why the stored URL is not fetched, when it is not."
+    )
+    renderer_version: str | None = strawberry.field(
+        description="chartkit version recorded when the chart was published; null for legacy rows."
+    )
+    spec: JSON | None = strawberry.field(description="The chartkit spec recorded at publish.")
+    row: strawberry.Private[models.Artifact]
+    summary: strawberry.Private[list[SnapshotSummary]]
+
+    async def _summary(self, info: strawberry.Info[Context, None]) -> SnapshotSummary:
+        if not self.summary:  # parsed once per request, whichever field asks first
+            max_bars = info.context.settings.max_snapshot_bars
+            self.summary.append(
+                await anyio.to_thread.run_sync(summarize_snapshot, snapshot_of(self.row), max_bars)
+            )
+        return self.summary[0]
+
+    @strawberry.field(description="Bars in metadata.market_data_snapshot; null when unreadable.")
+    async def snapshot_bars(self, info: strawberry.Info[Context, None]) -> int | None:
+        return (await self._summary(info)).bars
+
+    @strawberry.field(description="First and last bar of the snapshot; null when unreadable.")
+    async def snapshot_range(self, info: strawberry.Info[Context, None]) -> BarRange | None:
+        summary = await self._summary(info)
+        if summary.first is None or summary.last is None:
+            return None
+        return BarRange(first=summary.first, last=summary.last)
+
+
+def chart_info(row: models.Artifact, settings: Settings) -> ChartInfo:
+    """The chart fields of a chart row (no I/O; the snapshot is parsed only when asked)."""
+    url = minio_url_of(row)
+    location = parse_minio_url(url, settings) if url is not None else None
+    meta = row.meta if isinstance(row.meta, dict) else {}
+    version = meta.get("chartkit_version")
+    recorded: Any = meta.get("chart_spec")
+    spec: Any = recorded if isinstance(recorded, dict) else None
+    return ChartInfo(
+        minio_url=url if isinstance(url, str) else None,
+        bucket=location.bucket if isinstance(location, ObjectLocation) else None,
+        object_key=location.key if isinstance(location, ObjectLocation) else None,
+        url_problem=location.reason if isinstance(location, UrlRefusal) else None,
+        renderer_version=version if isinstance(version, str) else None,
+        spec=spec,
+        row=row,
+        summary=[],
+    )
+
+
 @strawberry.type(description="A stored chart, LLM analysis or trading signal.")
 class Artifact:
     id: int
@@ -91,6 +184,12 @@ class Artifact:
     @strawberry.field(description="MLflow experiment id: stored, else resolved from MLflow.")
     async def experiment_id(self, info: strawberry.Info[Context, None]) -> str | None:
         return (await info.context.lineage.of(self.row)).experiment_id
+
+    @strawberry.field(description="Stored object and snapshot of a chart; null for other kinds.")
+    def chart(self, info: strawberry.Info[Context, None]) -> ChartInfo | None:
+        if self.row.artifact_type != models.ArtifactType.CHART:
+            return None
+        return chart_info(self.row, info.context.settings)
 
     @strawberry.field(description="How runId/experimentId were obtained; never fails the read.")
     async def lineage(self, info: strawberry.Info[Context, None]) -> Lineage:

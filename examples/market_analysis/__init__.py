@@ -1,0 +1,1 @@
+"""Example Airflow DAG: market analysis published through dags_utils and chartkit."""

@@ -173,7 +173,11 @@ def _verify_charts(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         out = Console()
-        summary = Table(title=f"chart verification: {len(results)} charts")
+        found = ", ".join(f"{n} {o.value}" for o, n in counts.items() if n)
+        out.print(
+            f"{len(results)} charts checked: {found or 'none'}", highlight=False, soft_wrap=True
+        )
+        summary = Table(title="chart verification")
         summary.add_column("outcome")
         summary.add_column("charts", justify="right")
         for outcome, n in counts.items():

@@ -152,7 +152,15 @@ def main() -> None:
             i: httpx.get(f"{url}/api/artifacts/{i}/image", timeout=60).headers["etag"]
             for i in charts
         }
-        asyncio.run(run_load(url, clients=args.clients, seconds=args.warmup, etags=etags))
+        # Warm up until a whole round passes without errors (each worker has rendered every
+        # chart once and its caches are full), at most 4 rounds.
+        for round_ in range(1, 5):
+            _, warm_errors, _ = asyncio.run(
+                run_load(url, clients=args.clients, seconds=args.warmup, etags=etags)
+            )
+            print(f"warm-up round {round_}: {warm_errors} errors")
+            if warm_errors == 0:
+                break
         workers = children(server.pid)
         rss_start = {pid: rss_mib(pid) for pid in workers}
         latencies, errors, elapsed = asyncio.run(

@@ -19,7 +19,7 @@ import anyio
 import pandas as pd
 import structlog
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -320,16 +320,17 @@ async def artifact_compare(request: Request) -> Response:
     )
 
 
+async def ui_root(_request: Request) -> Response:
+    """GET /ui: the artifact list."""
+    return RedirectResponse("/ui/artifacts", status_code=307)
+
+
 def ui_routes() -> list[Route | Mount]:
     """The /ui pages and their stylesheet."""
     return [
-        Route("/ui", lambda _r: _redirect("/ui/artifacts"), methods=["GET"]),
+        Route("/ui", ui_root, methods=["GET"]),
         Route("/ui/artifacts", artifact_list, methods=["GET"]),
         Route("/ui/artifacts/{artifact_id}", artifact_detail, methods=["GET"]),
         Route("/ui/artifacts/{artifact_id}/compare", artifact_compare, methods=["GET"]),
         Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-
-
-def _redirect(url: str) -> Response:
-    return Response(status_code=307, headers={"Location": url})

@@ -266,3 +266,14 @@ def test_unknown_type_and_unreadable_rows_render(
     assert detail.status_code == 200
     assert "The stored snapshot cannot be read: " in detail.text
     assert 'id="chart-problem"' in detail.text
+
+
+def test_ui_root_redirects_and_the_stylesheet_is_served_locally(client: TestClient) -> None:
+    root = client.get("/ui", follow_redirects=False)
+    assert root.status_code == 307
+    assert root.headers["location"] == "/ui/artifacts"
+    css = client.get("/ui/static/gateway.css")
+    assert css.status_code == 200
+    assert css.headers["content-type"].startswith("text/css")
+    assert "@media (max-width: 720px)" in css.text
+    assert client.get("/ui/static/../settings.py").status_code == 404

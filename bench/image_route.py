@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
 import io
+import logging
 import os
 import resource
 import statistics

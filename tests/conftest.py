@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,28 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty local MLflow store with its schema created once per session.
+
+    Creating a store runs MLflow's migrations (seconds); each test copies this file instead, so
+    stores stay per test without every app start-up migrating one in a background thread.
+    """
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def settings(database_url: str, tmp_path: Path, mlflow_store_template: Path) -> Settings:
     """Settings for one test: its own database, an MLflow store nobody else uses."""
+    store = tmp_path / "mlflow.db"
+    shutil.copyfile(mlflow_store_template, store)
     return Settings(
         database_url=database_url,
-        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        mlflow_tracking_uri=f"sqlite:///{store}",
         env="development",
     )
 

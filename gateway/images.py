@@ -261,8 +261,8 @@ class ImageService:
                 fetch_png,
                 self.client,
                 location,
-                max_bytes=self.settings.minio_max_object_mb * 1024 * 1024,
-                deadline_s=self.settings.minio_timeout_s * 2,
+                max_bytes=self.settings.minio_max_object_bytes,
+                deadline_s=self.settings.minio_read_deadline_s,
             )
             self.metrics.minio_fetch_seconds.observe(time.perf_counter() - started)
             if isinstance(result, FetchFailure):
@@ -290,7 +290,7 @@ class ImageService:
         return ChartImage(data, _minio_etag(memo), "minio", hit)
 
     async def _run_io(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        deadline = self.settings.minio_timeout_s * 2 + 1
+        deadline = self.settings.minio_read_deadline_s + 1
         worker: list[int] = []
 
         def call() -> Any:

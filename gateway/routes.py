@@ -54,6 +54,17 @@ def parse_artifact_id(raw: str) -> int:
     return int(raw)
 
 
+async def load_artifact(services: Services, raw_id: str | int) -> Artifact:
+    """The row for a path id: InvalidInputError when malformed, NotFoundError when absent."""
+    artifact_id = raw_id if isinstance(raw_id, int) else parse_artifact_id(raw_id)
+    row = await repository.run_in_session(
+        services.engine, repository.get_artifact, artifact_id=artifact_id
+    )
+    if row is None:
+        raise NotFoundError(f"artifact {artifact_id} does not exist")
+    return row
+
+
 def _isoformat(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -92,12 +103,7 @@ def artifact_json(row: Artifact, lineage: Lineage, *, ui_url: str | None) -> dic
 async def get_artifact(request: Request) -> Response:
     """GET /api/artifacts/{id}."""
     services = services_of(request)
-    artifact_id = parse_artifact_id(request.path_params["artifact_id"])
-    row = await repository.run_in_session(
-        services.engine, repository.get_artifact, artifact_id=artifact_id
-    )
-    if row is None:
-        raise NotFoundError(f"artifact {artifact_id} does not exist")
+    row = await load_artifact(services, request.path_params["artifact_id"])
     lineage = await services.resolver.request().of(row)
     return JSONResponse(artifact_json(row, lineage, ui_url=services.settings.mlflow_ui_base))
 
@@ -151,11 +157,7 @@ async def artifact_image(request: Request) -> Response:
         raise InvalidInputError(f"source must be one of {', '.join(IMAGE_SOURCES)}")
     source = cast(Source, raw_source)
     structlog.contextvars.bind_contextvars(artifact_id=artifact_id)
-    row = await repository.run_in_session(
-        services.engine, repository.get_artifact, artifact_id=artifact_id
-    )
-    if row is None:
-        raise NotFoundError(f"artifact {artifact_id} does not exist")
+    row = await load_artifact(services, artifact_id)
     if_none_match = request.headers.get("if-none-match")
     if if_none_match:
         known = services.images.etag_if_known(row, source)

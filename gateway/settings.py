@@ -87,6 +87,16 @@ class Settings(BaseSettings):
         return self.env == "production"
 
     @property
+    def minio_max_object_bytes(self) -> int:
+        """Largest object the gateway reads from MinIO."""
+        return self.minio_max_object_mb * 1024 * 1024
+
+    @property
+    def minio_read_deadline_s(self) -> float:
+        """Budget of one whole object read (stat + get + body), however slowly bytes arrive."""
+        return self.minio_timeout_s * 2
+
+    @property
     def mlflow_ui_base(self) -> str | None:
         """Base of MLflow UI links: MLFLOW_UI_URL, else an HTTP tracking URI, else none."""
         if self.mlflow_ui_url:

@@ -32,7 +32,7 @@ from gateway.images import ChartImage, Source, bar_count, snapshot_of
 from gateway.lineage import Lineage, LineageStatus, experiment_url, run_url
 from gateway.lineage_keys import effective_workflow_id
 from gateway.models import Artifact, ArtifactType
-from gateway.routes import Services, parse_artifact_id, services_of
+from gateway.routes import Services, load_artifact, parse_artifact_id, services_of
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -246,16 +246,6 @@ async def chart_of(services: Services, row: Artifact, source: Source) -> Chart:
     return Chart(row.id, source, image, None)
 
 
-async def _load_row(services: Services, request: Request) -> Artifact:
-    artifact_id = parse_artifact_id(request.path_params["artifact_id"])
-    row = await repository.run_in_session(
-        services.engine, repository.get_artifact, artifact_id=artifact_id
-    )
-    if row is None:
-        raise NotFoundError(f"artifact {artifact_id} does not exist")
-    return row
-
-
 def _lineage_context(services: Services, row: Artifact, lineage: Lineage) -> dict[str, Any]:
     ui_url = services.settings.mlflow_ui_base
     return {
@@ -271,7 +261,7 @@ async def artifact_detail(request: Request) -> Response:
     """GET /ui/artifacts/{id}: lineage banner, chart, market data, LLM text or signal."""
     services = services_of(request)
     try:
-        row = await _load_row(services, request)
+        row = await load_artifact(services, request.path_params["artifact_id"])
     except GatewayError as exc:
         return error_page(request, exc)
     lineage = await services.resolver.request().of(row)
@@ -298,7 +288,7 @@ async def artifact_compare(request: Request) -> Response:
     """GET /ui/artifacts/{id}/compare: the MinIO chart beside the regenerated one."""
     services = services_of(request)
     try:
-        row = await _load_row(services, request)
+        row = await load_artifact(services, request.path_params["artifact_id"])
     except GatewayError as exc:
         return error_page(request, exc)
     if row.artifact_type != ArtifactType.CHART:

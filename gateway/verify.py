@@ -98,8 +98,8 @@ def verify_row(row: Artifact, *, client: Minio, settings: Settings) -> Verificat
     fetched = fetch_png(
         client,
         location,
-        max_bytes=settings.minio_max_object_mb * 1024 * 1024,
-        deadline_s=settings.minio_timeout_s * 2 + 1,
+        max_bytes=settings.minio_max_object_bytes,
+        deadline_s=settings.minio_read_deadline_s,
     )
     if isinstance(fetched, FetchFailure):
         if fetched.reason == "object_missing":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tests.servers import (
     free_port,
     postgres_schema,
     postgres_unreachable_reason,
+    s3_client,
 )
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -158,3 +160,11 @@ def s3_server() -> Iterator[str]:
     server.start()
     yield f"127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server: str) -> str:
+    """A fresh, empty bucket on the S3 server, for one test."""
+    name = f"charts-{uuid.uuid4().hex[:10]}"
+    s3_client(s3_server).make_bucket(name)
+    return name

@@ -95,7 +95,7 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 90) -> None:
+    def start(self, timeout_s: float = 240) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         mlflow = Path(sys.executable).with_name("mlflow")
         self.process = subprocess.Popen(
@@ -365,3 +365,12 @@ class TcpProxy:
                 # Linger 0: the peer gets a reset, as when a server process dies.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.close()
+
+
+def s3_client(endpoint: str) -> Any:
+    """The real minio client for moto's S3 server (any credentials are accepted)."""
+    from minio import Minio
+
+    return Minio(
+        endpoint, access_key="testing", secret_key="testing", secure=False, region="us-east-1"
+    )

@@ -78,6 +78,19 @@ class Connections:
             engine.dispose()
 
 
+@contextmanager
+def in_workflow_run(workflow_id: str, conn: Connections) -> Iterator[Engine]:
+    """The workflow's MLflow run as the active run (rows stored inside record its ids), and an
+    engine for the task's writes."""
+    with (
+        mlflow_run_context(
+            workflow_id=workflow_id, experiment_name=EXPERIMENT, tracking_uri=conn.tracking_uri
+        ),
+        conn.engine() as engine,
+    ):
+        yield engine
+
+
 def workflow_id_for(symbol: str, dag_run_id: str) -> str:
     """One workflow id per symbol per DAG run: the lineage join key."""
     return f"{DAG_ID}__{symbol.lower()}__{dag_run_id}"
@@ -108,12 +121,7 @@ def open_run(*, symbol: str, workflow_id: str, dag_run_id: str, conn: Connection
 
 def publish(*, bars: list[dict[str, Any]], symbol: str, workflow_id: str, conn: Connections) -> int:
     """Render the chart with chartkit, upload it, store the row; returns the artifact id."""
-    with (
-        mlflow_run_context(
-            workflow_id=workflow_id, experiment_name=EXPERIMENT, tracking_uri=conn.tracking_uri
-        ),
-        conn.engine() as engine,
-    ):
+    with in_workflow_run(workflow_id, conn) as engine:
         return publish_chart(
             engine=engine,
             minio_client=conn.minio(),
@@ -144,12 +152,7 @@ def analyse(*, bars: list[dict[str, Any]], symbol: str, workflow_id: str, conn: 
         f"{symbol} closed at {values['last_close']:.2f}, {trend} its 20-day SMA "
         f"({values['sma_20']:.2f}); RSI(14) is {values['rsi_14']:.1f}."
     )
-    with (
-        mlflow_run_context(
-            workflow_id=workflow_id, experiment_name=EXPERIMENT, tracking_uri=conn.tracking_uri
-        ),
-        conn.engine() as engine,
-    ):
+    with in_workflow_run(workflow_id, conn) as engine:
         return store_llm_artifact(
             engine,
             name=f"{symbol} analysis",
@@ -169,12 +172,7 @@ def signal(*, bars: list[dict[str, Any]], symbol: str, workflow_id: str, conn: C
         side, confidence = "BUY", min(0.5 + (30 - values["rsi_14"]) / 60, 0.95)
     else:
         side, confidence = "HOLD", 0.5
-    with (
-        mlflow_run_context(
-            workflow_id=workflow_id, experiment_name=EXPERIMENT, tracking_uri=conn.tracking_uri
-        ),
-        conn.engine() as engine,
-    ):
+    with in_workflow_run(workflow_id, conn) as engine:
         return store_signal_artifact(
             engine,
             name=f"{symbol} signal",

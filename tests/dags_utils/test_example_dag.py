@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as settings_profile
 from hypothesis import strategies as st
-from minio import Minio
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -33,6 +32,7 @@ from gateway.app import create_app
 from gateway.models import Artifact
 from gateway.objectstore import ObjectLocation, parse_minio_url
 from gateway.settings import Settings
+from tests.servers import s3_client
 
 KEY_SETTINGS = Settings(minio_allowed_buckets=("charts",))
 CHART_FIELDS = """
@@ -51,19 +51,6 @@ def _no_active_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     while mlflow_fluent.active_run() is not None:
         mlflow_fluent.end_run()
-
-
-@pytest.fixture
-def bucket(s3_server: str) -> str:
-    name = f"charts-{uuid.uuid4().hex[:10]}"
-    s3_client(s3_server).make_bucket(name)
-    return name
-
-
-def s3_client(endpoint: str) -> Minio:
-    return Minio(
-        endpoint, access_key="testing", secret_key="testing", secure=False, region="us-east-1"
-    )
 
 
 def gateway_settings(settings: Settings, *, s3: str, bucket: str, tracking_uri: str) -> Settings:

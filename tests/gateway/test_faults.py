@@ -30,7 +30,7 @@ def database_url(tmp_path: Path) -> str:
 
 
 def eventually_hydrated(
-    client: TestClient, artifact_id: int, timeout_s: float = 15
+    client: TestClient, artifact_id: int, timeout_s: float = 60
 ) -> dict[str, Any]:
     """Read until lineage resolves again (breaker cool-down, delayed calls draining)."""
     deadline = time.monotonic() + timeout_s
@@ -60,7 +60,7 @@ def test_a_slow_mlflow_costs_one_budget_then_recovers(
     wf = f"wf-{uuid.uuid4().hex[:8]}"
     run = mlflow.create_run(experiment, tags={"workflow_id": wf}).info.run_id
     artifact_id = insert(name="slow", workflow_id=wf)
-    mlflow_proxy.delay_s = 3.0  # every answer arrives three times later than the 1 s budget
+    mlflow_proxy.delay_s = 8.0  # every answer arrives 8x later than the 1 s budget
     app = create_app(
         settings.model_copy(
             update={
@@ -77,7 +77,9 @@ def test_a_slow_mlflow_costs_one_budget_then_recovers(
             None,
             "UNAVAILABLE",
         )
-        assert elapsed < 2 * 1.0 + 1.5
+        # Waiting for the answer would take >= 8 s; the read returns after about one budget.
+        # The bound leaves room for a loaded CI machine (it failed at 3.5 s under 3 suites).
+        assert elapsed < 6.0
         mlflow_proxy.delay_s = 0.0
         data = eventually_hydrated(client, artifact_id)
         assert (data["runId"], data["lineage"]["status"]) == (run, "HYDRATED")

@@ -5,14 +5,12 @@ from __future__ import annotations
 import io
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from minio import Minio
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
@@ -20,7 +18,7 @@ from starlette.testclient import TestClient
 from chartkit import ChartSpec, random_walk_bars, render_chart
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.servers import LiveServer, SilentListener, free_port
+from tests.servers import LiveServer, SilentListener, free_port, s3_client
 
 BARS = random_walk_bars(120, seed=5)
 STORED_PNG = render_chart(random_walk_bars(80, seed=99), ChartSpec(width=640, height=480))
@@ -31,21 +29,10 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'gateway.db'}"  # the image route is not DB-specific
 
 
-@pytest.fixture
-def bucket(s3_server: str) -> str:
-    name = f"charts-{uuid.uuid4().hex[:10]}"
-    s3(s3_server).make_bucket(name)
-    return name
-
-
-def s3(endpoint: str) -> Minio:
-    return Minio(
-        endpoint, access_key="testing", secret_key="testing", secure=False, region="us-east-1"
-    )
-
-
 def put(endpoint: str, bucket: str, key: str, data: bytes, content_type: str = "image/png") -> None:
-    s3(endpoint).put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+    s3_client(endpoint).put_object(
+        bucket, key, io.BytesIO(data), len(data), content_type=content_type
+    )
 
 
 def image_settings(settings: Settings, endpoint: str, bucket: str, **extra: Any) -> Settings:

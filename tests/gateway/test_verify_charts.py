@@ -8,34 +8,20 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from minio import Minio
 from sqlalchemy.engine import Engine
 
 from chartkit import ChartSpec, random_walk_bars, render_chart
 from dags_utils import publish_chart
 from gateway.cli import main
 from gateway.verify import pixel_difference
+from tests.servers import s3_client
 
 SPEC = ChartSpec(width=480, height=320)
-
-
-def s3(endpoint: str) -> Minio:
-    return Minio(
-        endpoint, access_key="testing", secret_key="testing", secure=False, region="us-east-1"
-    )
-
-
-@pytest.fixture
-def bucket(s3_server: str) -> str:
-    name = f"charts-{uuid.uuid4().hex[:10]}"
-    s3(s3_server).make_bucket(name)
-    return name
 
 
 @pytest.fixture
@@ -56,7 +42,7 @@ def cli_env(
 def publish(engine: Engine, endpoint: str, bucket: str, name: str, seed: int, wf: str) -> int:
     return publish_chart(
         engine=engine,
-        minio_client=s3(endpoint),
+        minio_client=s3_client(endpoint),
         bucket=bucket,
         snapshot=random_walk_bars(90, seed=seed),
         symbol="AAPL",
@@ -96,7 +82,7 @@ def test_verify_charts_reports_each_case_and_fails_on_differences(
         chart_data={"minio_url": "http://169.254.169.254/latest/meta-data.png"},
     )
     insert(name="words", artifact_type="llm", meta={"text": "not a chart"})
-    client = s3(s3_server)
+    client = s3_client(s3_server)
     # Tampered: the object was replaced by another (valid) chart of other bars.
     other = render_chart(random_walk_bars(90, seed=99), ChartSpec(width=480, height=320))
     tampered_key = "AAPL/wf-bad/tampered.png"
@@ -161,7 +147,7 @@ def test_a_stored_object_that_is_not_a_png_differs(
 ) -> None:
     artifact_id = publish(engine, s3_server, bucket, "chart", 5, "wf-html")
     page = b"<html>not a chart</html>"
-    s3(s3_server).put_object(
+    s3_client(s3_server).put_object(
         bucket, "AAPL/wf-html/chart.png", io.BytesIO(page), len(page), "text/html"
     )
     code, out = run_cli(capsys, "--json")

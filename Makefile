@@ -1,7 +1,14 @@
 # Two commands on a fresh machine: `make run` and `make test`. Everything goes through uv and uv.lock.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+# uv comes from PATH when it is there; otherwise it is installed into a project-local tools venv
+# (.tools/, made with `python3 -m venv`), so a distribution Python that refuses `pip install`
+# (PEP 668: Debian 12, Ubuntu 24.04) is never touched.
+TOOLS_VENV := .tools
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/$(TOOLS_VENV)/bin/uv)
+# uv never downloads a Python of its own: the system's Python 3.11+ is the interpreter.
+export UV_PYTHON_DOWNLOADS := never
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
@@ -11,8 +18,17 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-uv: ## install uv when it is missing
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+uv: ## install uv into .tools/ when none is on PATH (never into the system Python)
+	@if [ ! -x "$(UV)" ]; then \
+	  command -v python3 >/dev/null 2>&1 || { echo "error: python3 (3.11 or newer) is not on PATH" >&2; exit 1; }; \
+	  echo "uv is not on PATH: installing uv $(UV_VERSION) into $(TOOLS_VENV)/ (a venv of its own)"; \
+	  python3 -m venv $(TOOLS_VENV) >/dev/null 2>&1 || { rm -rf $(TOOLS_VENV); \
+	    echo "error: 'python3 -m venv' failed. On Debian/Ubuntu install the venv module:" >&2; \
+	    echo "         sudo apt-get install python3-venv" >&2; \
+	    echo "       or put uv on PATH yourself (https://docs.astral.sh/uv/), then run make again." >&2; exit 1; }; \
+	  $(TOOLS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)" \
+	    || { rm -rf $(TOOLS_VENV); echo "error: could not install uv into $(TOOLS_VENV)/" >&2; exit 1; }; \
+	fi
 
 env: uv ## create .venv from uv.lock
 	@$(UV) sync --frozen --quiet
@@ -49,4 +65,4 @@ bench: env ## run the benchmarks in bench/ (prints medians and ratios)
 	@for b in bench/[!_]*.py; do echo "== $$b"; $(UV) run --frozen python $$b || exit 1; done
 
 clean: ## remove generated state (databases, caches); keeps .venv
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf var .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis

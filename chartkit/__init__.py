@@ -6,7 +6,13 @@ A library: no web, no database, no pyplot, no global state.
 from chartkit import indicators
 from chartkit.render import THEMES, render_chart, resample_bars
 from chartkit.sample import random_walk_bars
-from chartkit.snapshot import SnapshotError, extract_snapshot, load_snapshot
+from chartkit.snapshot import (
+    SnapshotError,
+    SnapshotTooLargeError,
+    count_bars,
+    extract_snapshot,
+    load_snapshot,
+)
 from chartkit.spec import ChartSpec
 
 # Bumped whenever the same inputs would render different bytes (cache keys include it).
@@ -16,7 +22,9 @@ __all__ = [
     "THEMES",
     "ChartSpec",
     "SnapshotError",
+    "SnapshotTooLargeError",
     "__version__",
+    "count_bars",
     "extract_snapshot",
     "indicators",
     "load_snapshot",

@@ -102,14 +102,21 @@ def resample_bars(frame: pd.DataFrame, max_bars: int) -> pd.DataFrame:
     )
 
 
-def render_chart(snapshot: Any, spec: ChartSpec | None = None) -> bytes:
+def render_chart(
+    snapshot: Any, spec: ChartSpec | None = None, *, max_snapshot_bars: int | None = None
+) -> bytes:
     """PNG bytes of the house chart; byte-identical for the same snapshot and spec.
 
     `snapshot` is anything `load_snapshot` accepts, or a frame it returned. Raises
-    SnapshotError for bad snapshots. Thread-safe: every call owns its Figure and canvas.
+    SnapshotError for bad snapshots (and, with `max_snapshot_bars`, for larger ones, before
+    parsing). Thread-safe: every call owns its Figure and canvas.
     """
     spec = spec if spec is not None else ChartSpec()
-    frame = snapshot if isinstance(snapshot, pd.DataFrame) else load_snapshot(snapshot)
+    frame = (
+        snapshot
+        if isinstance(snapshot, pd.DataFrame)
+        else load_snapshot(snapshot, max_bars=max_snapshot_bars)
+    )
     bars = resample_bars(frame, spec.max_bars)
     theme = THEMES[spec.theme]
     width, height = spec.pixel_size

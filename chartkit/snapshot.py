@@ -35,6 +35,9 @@ _ALIASES: dict[str, str] = {
     "vol": "volume",
 }
 _BAR_LIST_KEYS = ("bars", "data", "candles", "ohlcv")
+# Snapshots stored as JSON text up to this size are decoded to be counted exactly; longer ones
+# are bounded from their commas (about 40,000 bars of typical JSON).
+EXACT_TEXT_CHARS = 4 * 1024 * 1024
 _NS_PER_S = 1_000_000_000
 # Epoch magnitudes: below 1e11 is seconds (until year 5138), then ms, us, ns.
 _UNIT_BOUNDS = ((1e11, _NS_PER_S), (1e14, 1_000_000), (1e17, 1_000), (math.inf, 1))
@@ -48,6 +51,14 @@ class SnapshotError(ValueError):
     """The snapshot cannot be turned into OHLCV bars; the message names the problem."""
 
 
+class SnapshotTooLargeError(SnapshotError):
+    """The snapshot holds more bars than the caller allows; refused before parsing."""
+
+    def __init__(self, message: str, *, bars: int) -> None:
+        super().__init__(message)
+        self.bars = bars
+
+
 def extract_snapshot(obj: Any) -> Any:
     """The snapshot inside a whole artifact row or its metadata; else `obj` itself."""
     if isinstance(obj, Mapping):
@@ -59,7 +70,49 @@ def extract_snapshot(obj: Any) -> Any:
     return obj
 
 
-def load_snapshot(obj: Any) -> pd.DataFrame:
+def count_bars(obj: Any) -> int | None:
+    """How many bars `obj` can hold at most, without parsing bars; None when not a snapshot.
+
+    Exact for decoded shapes (a list of bars, `{"bars": [...]}` and its aliases, column dicts)
+    and for JSON text up to `EXACT_TEXT_CHARS`, which is decoded (C speed) but not parsed into
+    bars. Longer text gets an upper bound counted in the text, never below the true count
+    whatever else the text holds: every shape `load_snapshot` accepts spends at least four
+    commas per bar (five required fields per bar object, or five required columns). So a cap
+    checked against it holds for every shape, before any bar is parsed.
+    """
+    if isinstance(obj, (str, bytes)):
+        return _count_bars_in_text(obj)
+    if isinstance(obj, Mapping):
+        for key in _BAR_LIST_KEYS:
+            if key in obj:
+                return count_bars(obj[key])
+        lengths = [_column_length(v) for k, v in obj.items() if _canonical(k) is not None]
+        return max(lengths) if lengths else None
+    if isinstance(obj, list):
+        return len(obj)
+    return None
+
+
+def _column_length(values: Any) -> int:
+    if isinstance(values, list):
+        return len(values)
+    if isinstance(values, (str, bytes)):
+        return _count_bars_in_text(values)
+    return 0
+
+
+def _count_bars_in_text(text: str | bytes) -> int | None:
+    if len(text) <= EXACT_TEXT_CHARS:
+        try:
+            decoded = json.loads(text)
+        except (ValueError, RecursionError):
+            return None  # not JSON: load_snapshot says so without parsing any bar
+        return count_bars(decoded) if not isinstance(decoded, (str, bytes)) else None
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    return raw.count(b",") // 4 + 1
+
+
+def load_snapshot(obj: Any, *, max_bars: int | None = None) -> pd.DataFrame:
     """OHLCV bars from any shape DAGs have stored, as a clean UTC-indexed float frame.
 
     Accepts a list of bar dicts, `{"bars": [...]}` (also `data`, `candles`, `ohlcv`), column
@@ -70,8 +123,16 @@ def load_snapshot(obj: Any) -> pd.DataFrame:
     volume pane. The result is sorted by time with duplicate timestamps keeping the last bar.
 
     Raises SnapshotError for empty input, missing columns, non-numeric, non-finite or negative
-    values, highs below open/close or lows above them, and unparseable timestamps.
+    values, highs below open/close or lows above them, and unparseable timestamps; and, when
+    `max_bars` is given, for a snapshot that may hold more bars than that (checked with
+    `count_bars` before anything is parsed).
     """
+    if max_bars is not None:
+        counted = count_bars(obj)
+        if counted is not None and counted > max_bars:
+            raise SnapshotTooLargeError(
+                f"snapshot has {counted} bars; at most {max_bars} are drawn", bars=counted
+            )
     columns = _columns_of(obj)
     n = len(columns["timestamp"])
     if n == 0:
@@ -164,7 +225,10 @@ def _columns_of_columns(obj: Mapping[Any, Any]) -> dict[str, list[Any]]:
 
 
 def _number(value: Any, name: str, i: int) -> float:
-    if isinstance(value, bool) or value is None:
+    if value is None:
+        # Also what a stored NaN reads as (JSON has no NaN; see gateway.strictjson).
+        raise SnapshotError(f"bar {i}: {name} is null, not a number")
+    if isinstance(value, bool):
         raise SnapshotError(f"bar {i}: {name} is {value!r}, not a number")
     if isinstance(value, (int, float)):
         number = float(value)

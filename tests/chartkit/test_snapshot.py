@@ -13,7 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chartkit import SnapshotError, extract_snapshot, load_snapshot
+from chartkit import (
+    SnapshotError,
+    SnapshotTooLargeError,
+    count_bars,
+    extract_snapshot,
+    load_snapshot,
+)
 
 BAR = {
     "timestamp": "2025-01-02T00:00:00Z",
@@ -114,7 +120,7 @@ def test_extract_snapshot_from_row_or_metadata() -> None:
         ([{k: v for k, v in BAR.items() if k != "close"}], "has no 'close'"),
         ([{k: v for k, v in BAR.items() if k != "timestamp"}], "has no 'timestamp'"),
         ([{**BAR, "open": "abc"}], "open is 'abc', not a number"),
-        ([{**BAR, "open": None}], "open is None, not a number"),
+        ([{**BAR, "open": None}], "open is null, not a number"),
         ([{**BAR, "open": True}], "open is True, not a number"),
         ([{**BAR, "close": float("nan")}], "close is not finite"),
         ([{**BAR, "high": float("inf")}], "high is not finite"),
@@ -254,3 +260,55 @@ def test_any_corrupted_bar_list_raises_snapshot_error(
         bars[i] = data.draw(st.sampled_from([None, 1, "bar", [1, 2]]))  # type: ignore[call-overload]
     with pytest.raises(SnapshotError):
         load_snapshot(bars)
+
+
+def _in_shape(bars: list[dict[str, Any]], shape: str) -> Any:
+    columns = {k: [b[k] for b in bars] for k in bars[0]}
+    return {
+        "list": bars,
+        "bars": {"bars": bars},
+        "columns": columns,
+        "json": json.dumps(bars),
+        "json-bars": json.dumps({"bars": bars}),
+        "json-columns": json.dumps(columns),
+        "bars-json": {"bars": json.dumps(bars)},
+    }[shape]
+
+
+SHAPES = ["list", "bars", "columns", "json", "json-bars", "json-columns", "bars-json"]
+
+
+@given(bars=valid_bars(), shape=st.sampled_from(SHAPES))
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+def test_count_bars_is_never_below_the_bars_in_any_shape(
+    bars: list[dict[str, Any]], shape: str
+) -> None:
+    assert count_bars(_in_shape(bars, shape)) == len(bars)
+
+
+@pytest.mark.parametrize("shape", ["json", "json-bars", "json-columns", "bars-json"])
+def test_long_snapshot_text_is_bounded_from_above_without_decoding(
+    shape: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bars = [{**BAR, "timestamp": 1_700_000_000 + 60 * i, "note": "{{,,"} for i in range(40)]
+    monkeypatch.setattr("chartkit.snapshot.EXACT_TEXT_CHARS", 10)
+    counted = count_bars(_in_shape(bars, shape))
+    assert counted is not None
+    assert counted >= 40
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_bar_cap_holds_for_every_shape_before_parsing(shape: str) -> None:
+    bars = [{**BAR, "timestamp": 1_700_000_000 + 60 * i} for i in range(50)]
+    with pytest.raises(SnapshotTooLargeError, match="snapshot has 50 bars; at most 49 are"):
+        load_snapshot(_in_shape(bars, shape), max_bars=49)
+    if shape != "bars-json":  # a bar list that is JSON text inside a dict is not a snapshot
+        assert len(load_snapshot(_in_shape(bars, shape), max_bars=50)) == 50
+    else:
+        with pytest.raises(SnapshotError, match="bars must be a list, not str"):
+            load_snapshot(_in_shape(bars, shape), max_bars=50)
+
+
+@pytest.mark.parametrize("value", [None, 7, "plain text", '"json text"', {"note": "x"}])
+def test_count_bars_of_things_that_are_not_snapshots(value: Any) -> None:
+    assert count_bars(value) is None

@@ -13,6 +13,7 @@ from chartkit import load_snapshot
 from dags_utils.mlflow_runs import capture_lineage
 from gateway import repository
 from gateway.models import Artifact, ArtifactType
+from gateway.strictjson import storable_problem
 
 log = structlog.get_logger("dags_utils")
 
@@ -25,6 +26,19 @@ def _persist(db: Engine | Session, row: Artifact) -> int:
         artifact_id = repository.add_artifact(session, artifact=row)
         session.commit()
         return artifact_id
+
+
+def require_storable(name: str, **columns: Any) -> None:
+    """Raise ValueError naming the key path when a JSON column value is not strict JSON.
+
+    Refused, not repaired: NaN, Infinity, lone surrogates and runaway nesting are not JSON
+    (Python's `json` writes them anyway), and a row holding them breaks readers in other
+    languages; the DAG author decides whether a gap is null or a dropped key.
+    """
+    for column, value in columns.items():
+        problem = storable_problem(value, root=column)
+        if problem is not None:
+            raise ValueError(f"cannot store artifact {name!r}: {problem}")
 
 
 def _store(
@@ -40,6 +54,7 @@ def _store(
     experiment_id: str | None,
     tracking_uri: str | None,
 ) -> int:
+    require_storable(name, chart_data=chart_data, metadata=metadata)
     lineage = capture_lineage(run_id=run_id, experiment_id=experiment_id, tracking_uri=tracking_uri)
     row = Artifact(
         name=name,
@@ -81,8 +96,14 @@ def store_chart_artifact(
     """Store a chart row: `chart_data.minio_url` plus the snapshot it was drawn from.
 
     The snapshot is validated with chartkit first (SnapshotError when it cannot be drawn),
-    so every stored chart can be regenerated. Returns the new artifact id.
+    so every stored chart can be regenerated; values that are not strict JSON (NaN, Infinity,
+    lone surrogates) raise ValueError naming their key path. Returns the new artifact id.
     """
+    chart_columns = {
+        "chart_data": {**(chart_data or {}), "minio_url": minio_url},
+        "metadata": {**(metadata or {}), "market_data_snapshot": market_data_snapshot},
+    }
+    require_storable(name, **chart_columns)
     load_snapshot(market_data_snapshot)
     return _store(
         db,
@@ -90,8 +111,8 @@ def store_chart_artifact(
         name=name,
         symbol=symbol,
         workflow_id=workflow_id,
-        chart_data={**(chart_data or {}), "minio_url": minio_url},
-        metadata={**(metadata or {}), "market_data_snapshot": market_data_snapshot},
+        chart_data=chart_columns["chart_data"],
+        metadata=chart_columns["metadata"],
         run_id=run_id,
         experiment_id=experiment_id,
         tracking_uri=tracking_uri,

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 import chartkit
 from chartkit import ChartSpec, render_chart
-from dags_utils.artifacts import store_chart_artifact
+from dags_utils.artifacts import require_storable, store_chart_artifact
 
 log = structlog.get_logger("dags_utils")
 
@@ -67,7 +67,8 @@ def publish_chart(
 
     - Renders `chartkit.render_chart(snapshot, spec)`; the spec defaults to the house chart with
       the symbol in its title. A snapshot that cannot be drawn raises `SnapshotError` before
-      anything is uploaded or stored.
+      anything is uploaded or stored; so does a snapshot holding values that are not strict
+      JSON (ValueError naming the key path: NaN, Infinity, lone surrogates).
     - Uploads the PNG to `bucket` under `chart_object_key(...)` with content type `image/png`.
     - Stores the row through `store_chart_artifact`: `chart_data.minio_url = s3://bucket/key`
       (plus the key, size and SHA-256 of the bytes), the snapshot in
@@ -79,6 +80,8 @@ def publish_chart(
     a chart that was never written. A failed insert leaves the uploaded object without a row;
     the task's retry renders the same bytes and overwrites the same key, so nothing piles up.
     """
+    # Checked before rendering or uploading, so a refused snapshot leaves no orphan object.
+    require_storable(name, metadata={"market_data_snapshot": snapshot})
     used = spec if spec is not None else ChartSpec()
     if used.symbol is None:
         used = ChartSpec.from_dict({**used.to_dict(), "symbol": symbol})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
@@ -12,7 +13,7 @@ import mlflow as mlflow_fluent
 import pytest
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
 from chartkit import SnapshotError, random_walk_bars
@@ -235,3 +236,61 @@ def test_dags_utils_imports_neither_airflow_nor_the_web_app() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+def _row_count(engine: Engine) -> int:
+    with Session(engine) as session:
+        return len(session.exec(select(Artifact)).all())
+
+
+@pytest.mark.parametrize(
+    ("store", "kwargs", "path"),
+    [
+        (
+            store_chart_artifact,
+            {
+                "minio_url": "s3://charts/x.png",
+                "market_data_snapshot": [{**BARS[0], "vwap": float("nan")}, *BARS[1:]],
+            },
+            "metadata.market_data_snapshot[0].vwap is nan",
+        ),
+        (
+            store_chart_artifact,
+            {
+                "minio_url": "s3://charts/x.png",
+                "market_data_snapshot": BARS,
+                "chart_data": {"w": float("inf")},
+            },
+            "chart_data.w is inf",
+        ),
+        (
+            store_signal_artifact,
+            {"signal": "BUY", "confidence": float("nan")},
+            "metadata.confidence is nan",
+        ),
+        (
+            store_llm_artifact,
+            {"text": "gap \ud800", "model": "m"},
+            "metadata.text holds a lone UTF-16 surrogate",
+        ),
+        (
+            store_llm_artifact,
+            {"text": "t", "model": "m", "metadata": {"scores": [1.0, float("-inf")]}},
+            "metadata.scores[1] is -inf",
+        ),
+    ],
+)
+def test_values_that_are_not_strict_json_are_refused_naming_the_key_path(
+    engine: Engine, store: Any, kwargs: dict[str, Any], path: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(path)):
+        store(
+            engine,
+            name="odd",
+            symbol="X",
+            workflow_id="wf",
+            run_id="r" * 32,
+            experiment_id="1",
+            **kwargs,
+        )
+    assert _row_count(engine) == 0

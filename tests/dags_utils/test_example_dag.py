@@ -195,6 +195,23 @@ def test_publish_uploads_before_storing_and_stores_nothing_when_the_upload_fails
     assert count_rows(engine) == before
     assert list(s3_client(s3_server).list_objects(bucket, recursive=True)) == []
 
+    # A snapshot holding NaN (a pandas frame with a gap): refused naming the key path, before
+    # anything is rendered, uploaded or stored.
+    with pytest.raises(ValueError, match=r"market_data_snapshot\[1\]\.volume is nan"):
+        publish_chart(
+            engine=engine,
+            minio_client=s3_client(s3_server),
+            bucket=bucket,
+            snapshot=[bars[0], {**bars[1], "volume": float("nan")}, *bars[2:]],
+            symbol="MSFT",
+            workflow_id="wf-nan",
+            name="chart",
+            run_id="r" * 32,
+            experiment_id="1",
+        )
+    assert count_rows(engine) == before
+    assert list(s3_client(s3_server).list_objects(bucket, recursive=True)) == []
+
     # Published twice (a retried task): the same key is overwritten with the same bytes.
     spec = ChartSpec(width=640, height=400, theme="dark")
     ids = [

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
 import structlog
+from cross_web import HTTPException as GraphQLHTTPError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,7 +25,7 @@ from gateway.images import ImageService
 from gateway.lineage import CircuitBreaker, LineageResolver
 from gateway.mlflow_backend import make_backend
 from gateway.observability import Metrics, RequestContextMiddleware, configure_logging
-from gateway.problems import gateway_error_handler, http_error_handler, unexpected_error_handler
+from gateway.problems import UnexpectedErrorMiddleware, gateway_error_handler, http_error_handler
 from gateway.routes import (
     Services,
     artifact_image,
@@ -36,7 +36,8 @@ from gateway.routes import (
     services_of,
 )
 from gateway.settings import Settings
-from gateway.ui import ui_routes
+from gateway.strictjson import RequestJSONError, dumps_bytes, loads_request
+from gateway.ui import ui_routes, unexpected_error_page
 
 # GraphQL documents are small; anything bigger is an attack or a mistake.
 MAX_BODY_BYTES = 256 * 1024
@@ -45,7 +46,21 @@ log = structlog.get_logger("gateway")
 
 
 class GatewayGraphQL(GraphQL[Context, None]):
-    """Strawberry's ASGI app with the gateway's typed context."""
+    """Strawberry's ASGI app with the gateway's typed context and strict JSON both ways."""
+
+    def parse_json(self, data: str | bytes) -> Any:
+        # Bodies (and GET `variables`) must be strict JSON objects; anything else is a 400 with
+        # the reason, never a 500: `1`, invalid UTF-8, NaN, lone surrogates, deep nesting.
+        try:
+            value = loads_request(data)
+        except RequestJSONError as exc:
+            raise GraphQLHTTPError(400, f"Unable to parse request body as JSON: {exc}") from None
+        if not isinstance(value, (dict, list)):
+            raise GraphQLHTTPError(400, f"Expected a JSON object, got {type(value).__name__}")
+        return value
+
+    def encode_json(self, data: object) -> bytes:
+        return dumps_bytes(data)
 
     async def get_context(self, request: Any, response: Any) -> Context:
         services = services_of(request)
@@ -91,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # Serve anyway: /readyz says 503 until the database comes back.
             log.warning("db.unavailable_at_startup", error=str(exc).splitlines()[0])
         resolver = build_resolver(settings, metrics_)
-        warm_up = asyncio.create_task(resolver.backend.warm_up())
+        resolver.start_warm_up(budget_s=settings.mlflow_warmup_s)
         images = ImageService(settings=settings, metrics=metrics_)
         services = Services(
             settings=settings, engine=engine, metrics=metrics_, resolver=resolver, images=images
@@ -103,7 +118,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield {"services": services}
         finally:
-            warm_up.cancel()
+            resolver.stop_warm_up()
             images.close()
             await resolver.backend.aclose()
             engine.dispose()
@@ -126,20 +141,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
     exception_handlers: dict[Any, Any] = {
         GatewayError: gateway_error_handler,
         HTTPException: http_error_handler,
-        Exception: unexpected_error_handler,
     }
     return Starlette(
         debug=False,
         routes=routes,
         middleware=[
             Middleware(RequestContextMiddleware, metrics=metrics_),
+            Middleware(
+                UnexpectedErrorMiddleware, html_prefix="/ui", html_response=unexpected_error_page
+            ),
             # The front end calls GraphQL from the browser; no origin is allowed unless listed.
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=("GET", "POST", "HEAD"),
                 allow_headers=("content-type", "authorization", "x-request-id"),
-                expose_headers=("etag", "x-request-id", "x-chart-source", "x-cache"),
+                expose_headers=(
+                    "etag",
+                    "x-request-id",
+                    "x-chart-source",
+                    "x-chart-spec",
+                    "x-cache",
+                ),
             ),
         ],
         exception_handlers=exception_handlers,

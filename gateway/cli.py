@@ -18,9 +18,14 @@ if TYPE_CHECKING:
     from gateway.repair import RepairReport
 
 
-def _serve(args: argparse.Namespace, _settings: Settings) -> int:
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from gateway.observability import configure_logging
+
+    # uvicorn's loggers go through the gateway's structlog configuration (log_config=None keeps
+    # uvicorn from installing its plain-text handlers), so the stream stays JSON lines.
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
@@ -33,6 +38,7 @@ def _serve(args: argparse.Namespace, _settings: Settings) -> int:
         # or a request sent as the server closes it fails with a reset.
         timeout_keep_alive=args.keep_alive,
         access_log=False,  # the gateway logs its own `http.request` event with the request id
+        log_config=None,
         proxy_headers=True,
     )
     return 0
@@ -121,10 +127,9 @@ def _repair_lineage(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _verify_charts(args: argparse.Namespace, settings: Settings) -> int:
-    import json
-
     from prometheus_client import write_to_textfile
 
+    from gateway import strictjson
     from gateway.db import make_engine
     from gateway.objectstore import make_client
     from gateway.observability import Metrics
@@ -170,7 +175,7 @@ def _verify_charts(args: argparse.Namespace, settings: Settings) -> int:
             "ok": failed == 0,
             "artifacts": [r.as_json() for r in results],
         }
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(strictjson.dumps(document, indent=2) + "\n")
     else:
         out = Console()
         found = ", ".join(f"{n} {o.value}" for o, n in counts.items() if n)

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel, create_engine
 
 from gateway.models import Artifact
+from gateway.strictjson import dumps_stored, loads_stored
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 PG_CONNECT_TIMEOUT_S = 3
@@ -38,8 +39,11 @@ def make_engine(database_url: str) -> Engine:
             "options": f"{options} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS}".strip(),
         }
     # pre_ping: a restarted PostgreSQL must not surface as a burst of failed requests.
+    # The driver decodes JSON columns; it uses the same strict reader as SQLite rows do.
     return create_engine(
         url,
+        json_deserializer=loads_stored,
+        json_serializer=dumps_stored,
         pool_pre_ping=True,
         pool_size=5,
         max_overflow=5,
@@ -48,7 +52,14 @@ def make_engine(database_url: str) -> Engine:
     )
 
 
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # SQLite stores whatever bytes a writer gave it as TEXT; invalid UTF-8 in one cell would
+    # fail the whole query, so it reads with U+FFFD in place of the bad bytes.
+    dbapi_connection.text_factory = _decode_text
     # WAL lets readers run while a repair writes; busy_timeout queues writers instead of failing.
     cursor = dbapi_connection.cursor()
     try:

@@ -14,6 +14,13 @@ class InvalidInputError(GatewayError):
     """The client sent a malformed id, cursor, argument or body."""
 
 
+class UnreadableValueError(GatewayError):
+    """A stored value cannot be served (nested too deep); only the field holding it fails."""
+
+    status_code = 422
+    title = "Unprocessable Content"
+
+
 class NotFoundError(GatewayError):
     """The requested artifact or image does not exist."""
 

@@ -24,7 +24,7 @@ from cachetools import LRUCache, TTLCache
 from minio import Minio
 
 import chartkit
-from chartkit import ChartSpec, SnapshotError
+from chartkit import ChartSpec, SnapshotError, count_bars
 from gateway.errors import (
     NotFoundError,
     OverloadedError,
@@ -44,6 +44,7 @@ from gateway.objectstore import (
     parse_minio_url,
 )
 from gateway.observability import Metrics
+from gateway.rows import SpecChoice, SpecOrigin, chart_spec_for, minio_url_of, snapshot_of
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.images")
@@ -61,46 +62,8 @@ class ChartImage:
     etag: str
     source: Literal["minio", "regenerated"]
     cache_hit: bool
-
-
-def chart_spec_for(row: Artifact) -> ChartSpec:
-    """The spec a regenerated chart uses: a recorded `metadata.chart_spec`, else the default."""
-    meta = row.meta if isinstance(row.meta, dict) else {}
-    recorded = meta.get("chart_spec")
-    spec = ChartSpec()
-    if isinstance(recorded, dict):
-        try:
-            spec = ChartSpec.from_dict(recorded)
-        except (TypeError, ValueError):
-            spec = ChartSpec()
-    if spec.symbol is None and row.symbol:
-        spec = ChartSpec.from_dict({**spec.to_dict(), "symbol": row.symbol})
-    return spec
-
-
-def snapshot_of(row: Artifact) -> Any | None:
-    """The stored market-data snapshot, if any."""
-    meta = row.meta if isinstance(row.meta, dict) else {}
-    return meta.get("market_data_snapshot")
-
-
-def minio_url_of(row: Artifact) -> Any | None:
-    """`chart_data.minio_url`, else `metadata.minio_url`."""
-    for holder in (row.chart_data, row.meta):
-        if isinstance(holder, dict) and holder.get("minio_url"):
-            return holder["minio_url"]
-    return None
-
-
-def bar_count(snapshot: Any) -> int | None:
-    """How many bars a snapshot holds, counted without parsing it (None when not countable)."""
-    if isinstance(snapshot, dict):
-        for key in ("bars", "data", "candles", "ohlcv"):
-            if isinstance(snapshot.get(key), list):
-                return len(snapshot[key])
-        lengths = [len(v) for v in snapshot.values() if isinstance(v, list)]
-        return max(lengths) if lengths else None
-    return len(snapshot) if isinstance(snapshot, list) else None
+    # Regenerated charts only: whether the recorded spec was used (X-Chart-Spec).
+    spec_origin: SpecOrigin | None = None
 
 
 def render_fingerprint(snapshot: Any, spec: ChartSpec) -> str:
@@ -183,12 +146,13 @@ class ImageService:
             return UrlRefusal("artifact has no minio_url")
         return parse_minio_url(url, self.settings)
 
-    def spec_for(self, row: Artifact) -> ChartSpec:
+    def spec_for(self, row: Artifact) -> SpecChoice:
         """The spec a regenerated chart of this row is drawn with (bars capped by settings)."""
-        spec = chart_spec_for(row)
-        if spec.max_bars <= self.settings.max_bars:
-            return spec
-        return ChartSpec.from_dict({**spec.to_dict(), "max_bars": self.settings.max_bars})
+        choice = chart_spec_for(row)
+        if choice.spec.max_bars <= self.settings.max_bars:
+            return choice
+        capped = ChartSpec.from_dict({**choice.spec.to_dict(), "max_bars": self.settings.max_bars})
+        return SpecChoice(capped, choice.origin, choice.problem)
 
     def etag_if_known(self, row: Artifact, source: Source) -> str | None:
         """The ETag a response would carry, when it is known without I/O (for 304s)."""
@@ -204,10 +168,10 @@ class ImageService:
         if source == "minio":
             return None
         snapshot = snapshot_of(row)
-        bars = bar_count(snapshot)
+        bars = count_bars(snapshot)
         if snapshot is None or (bars is not None and bars > self.settings.max_snapshot_bars):
             return None
-        return f'"r-{render_fingerprint(snapshot, self.spec_for(row))}"'
+        return f'"r-{render_fingerprint(snapshot, self.spec_for(row).spec)}"'
 
     # -- serving ----------------------------------------------------------------------------
     async def image(self, row: Artifact, *, source: Source = "auto") -> ChartImage:
@@ -316,7 +280,7 @@ class ImageService:
             raise NotFoundError(
                 f"artifact {row.id} has no stored chart and no snapshot to regenerate it from"
             )
-        bars = bar_count(snapshot)
+        bars = count_bars(snapshot)
         if bars is not None and bars > self.settings.max_snapshot_bars:
             # Refused before hashing or parsing: a million bars would hold a worker for seconds.
             detail = (
@@ -324,12 +288,14 @@ class ImageService:
             )
             self._unavailable(row, "snapshot_too_large", detail)
             raise SnapshotUnusableError(f"stored snapshot cannot be drawn: {detail}")
-        spec = self.spec_for(row)
-        fingerprint = render_fingerprint(snapshot, spec)
+        choice = self.spec_for(row)
+        if choice.problem is not None:
+            log.info("chart.spec_refused", artifact_id=row.id, reason=choice.problem)
+        fingerprint = render_fingerprint(snapshot, choice.spec)
         key = (row.id, "regenerated", fingerprint)
 
         async def produce() -> bytes:
-            return await self._render(snapshot, spec)
+            return await self._render(snapshot, choice.spec)
 
         try:
             data, hit = await self._single_flight(key, produce)
@@ -344,14 +310,19 @@ class ImageService:
             fallback_reason=fallback_reason,
             bytes=len(data),
         )
-        return ChartImage(data, f'"r-{fingerprint}"', "regenerated", hit)
+        return ChartImage(data, f'"r-{fingerprint}"', "regenerated", hit, choice.origin)
 
     async def _render(self, snapshot: Any, spec: ChartSpec) -> bytes:
         if self._render_slots.locked():
             raise OverloadedError("too many charts are being rendered; retry shortly")
         async with self._render_slots:
             started = time.perf_counter()
-            future = self._pool.submit(chartkit.render_chart, snapshot, spec)
+            future = self._pool.submit(
+                chartkit.render_chart,
+                snapshot,
+                spec,
+                max_snapshot_bars=self.settings.max_snapshot_bars,
+            )
             try:
                 data = await asyncio.wait_for(
                     asyncio.wrap_future(future), timeout=self.settings.render_timeout_s

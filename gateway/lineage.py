@@ -12,6 +12,7 @@ circuit breaker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,10 +23,10 @@ import structlog
 from cachetools import TLRUCache
 from strawberry.dataloader import DataLoader
 
-from gateway.lineage_keys import effective_workflow_id, metadata_run_id
 from gateway.mlflow_backend import MlflowUnavailableError, RunRef, SearchBackend
 from gateway.models import Artifact
 from gateway.observability import Metrics
+from gateway.rows import effective_workflow_id, metadata_run_id
 
 log = structlog.get_logger("gateway.lineage")
 T = TypeVar("T")
@@ -72,7 +73,6 @@ class Unavailable:
     reason: str
 
 
-NotFound = None
 Outcome: TypeAlias = RunRef | Unavailable | None
 Key: TypeAlias = tuple[str, str]  # ("run", run_id) or ("workflow", workflow_id)
 
@@ -160,6 +160,48 @@ class LineageResolver:
         )
         self._experiments: tuple[float, list[str]] | None = None
         self._semaphore = asyncio.Semaphore(concurrency)
+        self._warm_up: asyncio.Task[None] | None = None
+        self._warm_up_deadline = 0.0
+
+    # -- warm-up ------------------------------------------------------------------------------
+    # Opening a local MLflow store (import, schema checks) takes seconds on a fresh process. That
+    # is the gateway's own start-up, not an MLflow outage: lookups wait for it (up to its own
+    # budget) instead of spending their lookup budget on it and answering UNAVAILABLE, and
+    # /readyz says 503 until it is over.
+    def start_warm_up(self, *, budget_s: float) -> None:
+        """Open the MLflow backend in the background; lookups wait for it up to `budget_s`."""
+        self._warm_up_deadline = time.monotonic() + budget_s
+        self._warm_up = asyncio.ensure_future(self._run_warm_up())
+
+    async def _run_warm_up(self) -> None:
+        started = time.perf_counter()
+        await self.backend.warm_up()
+        log.info("lineage.warmed_up", duration_ms=round((time.perf_counter() - started) * 1000))
+
+    @property
+    def warming_up(self) -> bool:
+        """True while the backend is still opening and its budget has not run out."""
+        return (
+            self._warm_up is not None
+            and not self._warm_up.done()
+            and time.monotonic() < self._warm_up_deadline
+        )
+
+    async def until_warm(self, *, timeout_s: float | None = None) -> None:
+        """Wait for the warm-up to finish, its budget to run out, or `timeout_s`."""
+        if self._warm_up is None or not self.warming_up:
+            return
+        remaining = self._warm_up_deadline - time.monotonic()
+        if timeout_s is not None:
+            remaining = min(remaining, timeout_s)
+        # shield: a cancelled request must not cancel the warm-up every request waits for.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._warm_up), max(remaining, 0.0))
+
+    def stop_warm_up(self) -> None:
+        """Cancel a warm-up still running (shutdown)."""
+        if self._warm_up is not None:
+            self._warm_up.cancel()
 
     def _time_to_use(self, _key: Key, value: RunRef | None, now: float) -> float:
         return now + (self._hit_ttl if value is not None else self._miss_ttl)
@@ -286,6 +328,7 @@ class RequestLineage:
         self._memo: dict[int, asyncio.Task[Lineage]] = {}
 
     async def _load(self, keys: list[Key]) -> list[Outcome]:
+        await self.resolver.until_warm()
         # One deadline for the whole batch: a slow MLflow costs a request at most this long.
         budget = self.resolver.timeout_s * 2
         try:

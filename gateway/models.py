@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Dialect, Index, String, Text, TypeDecorator
 from sqlalchemy.types import TypeEngine
 from sqlmodel import Field, SQLModel
+
+from gateway.strictjson import dumps_stored, loads_stored
 
 
 class ArtifactType(enum.StrEnum):
@@ -61,9 +62,13 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 class TolerantJSON(TypeDecorator[Any]):
-    """JSON; on SQLite (stored as text) a value that is not JSON reads back as its raw text.
+    """JSON read under the strict mapping of `gateway.strictjson` on every database.
 
-    PostgreSQL validates JSON on write, so there the plain JSON type is used.
+    A stored `NaN` reads as null, a lone surrogate as U+FFFD, a value nested too deep as an
+    `UnreadableJSON` (the field says why; the row is still served). On SQLite (JSON kept as
+    text) a value that is not JSON at all reads back as its raw text. Writes refuse non-finite
+    numbers instead of storing `NaN`, which is not JSON. PostgreSQL decodes JSON in the driver;
+    `db.make_engine` hands it the same reader.
     """
 
     impl = JSON
@@ -76,14 +81,14 @@ class TolerantJSON(TypeDecorator[Any]):
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if dialect.name == "sqlite":
-            return None if value is None else json.dumps(value)
+            return None if value is None else dumps_stored(value)
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if dialect.name != "sqlite" or not isinstance(value, str):
             return value
         try:
-            return json.loads(value)
+            return loads_stored(value)
         except ValueError:
             return value
 

@@ -14,10 +14,16 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import strictjson
+
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = structlog.get_logger("gateway")
+
+
+# Loggers of libraries that print while serving; they are routed through structlog too.
+_FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 def configure_logging(
@@ -25,11 +31,17 @@ def configure_logging(
 ) -> None:
     """Configure structlog once per process: JSON lines, or console output when asked for.
 
+    Standard-library loggers (uvicorn's, MLflow's) go through the same processors and
+    renderer, so the stream stays one JSON object per line and every line written while a
+    request is served carries its `request_id`. JSON is strict (`gateway.strictjson`): a NaN
+    or a lone surrogate in an event becomes null or U+FFFD, never an invalid line.
+
     structlog's configuration is process-wide; later calls (a second app in the same process,
     a test capturing events) keep the configuration already in place.
     """
     if structlog.is_configured():
         return
+    out = stream or sys.stdout
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -37,7 +49,7 @@ def configure_logging(
     ]
     renderer: structlog.types.Processor
     if log_format == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=(stream or sys.stdout).isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
         # Tracebacks as data, without local variables: locals can hold secrets and row data.
         shared.append(
@@ -45,16 +57,44 @@ def configure_logging(
                 structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
             )
         )
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=strictjson.dumps)
+    numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
         processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
-        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stdout),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         # Tests capture events by reconfiguring; cached loggers would miss that.
         cache_logger_on_first_use=False,
     )
+    _route_stdlib_logging(shared, renderer, out, numeric_level)
+
+
+class _GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler this module installs (recognised so it is installed once)."""
+
+
+def _route_stdlib_logging(
+    shared: list[structlog.types.Processor],
+    renderer: structlog.types.Processor,
+    stream: TextIO,
+    level: int,
+) -> None:
+    root = logging.getLogger()
+    if any(isinstance(h, _GatewayHandler) for h in root.handlers):
+        return
+    handler = _GatewayHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _FOREIGN_LOGGERS:
+        foreign = logging.getLogger(name)
+        foreign.handlers.clear()  # uvicorn's own plain-text handlers, if it installed them
+        foreign.propagate = True
 
 
 @dataclass

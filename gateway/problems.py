@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, OverloadedError
+from gateway.strictjson import dumps_bytes
 
 PROBLEM_JSON = "application/problem+json"
+
+
+class StrictJSONResponse(JSONResponse):
+    """A JSON response that is always strict RFC 8259 UTF-8 (see `gateway.strictjson`).
+
+    Starlette's own refuses NaN with an exception (a 500) and cannot encode lone surrogates.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return dumps_bytes(content)
+
 
 log = structlog.get_logger("gateway")
 
@@ -35,7 +49,7 @@ def problem(
     if instance is not None:
         body["instance"] = instance
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return StrictJSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 async def gateway_error_handler(request: Request, exc: Exception) -> Response:
@@ -60,9 +74,8 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     )
 
 
-async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    """Anything else: log it with the request id, show no traceback."""
-    log.error("http.unexpected_error", path=request.url.path, exc_info=exc)
+def unexpected_error_problem(request: Request) -> Response:
+    """The 500 a client sees for a bug: no details, the request id to quote."""
     return problem(
         500,
         "Internal Server Error",
@@ -70,3 +83,57 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> Response
         instance=request.url.path,
         request_id=request.scope.get("state", {}).get("request_id"),
     )
+
+
+class UnexpectedErrorMiddleware:
+    """Any exception escaping a route: logged once with the request's context, answered 500.
+
+    It sits inside the request-context middleware, so the `http.unexpected_error` event carries
+    the request id the client is told to quote, and nothing reaches the server's own handler
+    (uvicorn would print a plain-text traceback into the JSON log stream). Paths under
+    `html_prefix` get `html_response` (an HTML page) instead of a problem document.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        html_prefix: str | None = None,
+        html_response: Callable[[Request], Response] | None = None,
+    ) -> None:
+        self.app = app
+        self.html_prefix = html_prefix
+        self.html_response = html_response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.error(
+                "http.unexpected_error",
+                path=scope.get("path"),
+                response_started=started,
+                exc_info=exc,
+            )
+            if started:
+                return  # headers are out: the server ends the connection, nothing to add
+            request = Request(scope)
+            response = unexpected_error_problem(request)
+            if (
+                self.html_prefix is not None
+                and self.html_response is not None
+                and scope.get("path", "").startswith(self.html_prefix)
+            ):
+                response = self.html_response(request)
+            await response(scope, receive, send)

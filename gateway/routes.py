@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from gateway import repository
 from gateway.errors import InvalidInputError, NotFoundError
@@ -21,9 +21,10 @@ from gateway.gql.cursors import MAX_ID
 from gateway.gql.types import as_utc, image_url_for
 from gateway.images import ImageService, Source
 from gateway.lineage import Lineage, LineageResolver, experiment_url, run_url
-from gateway.lineage_keys import effective_workflow_id
 from gateway.models import Artifact
 from gateway.observability import Metrics
+from gateway.problems import StrictJSONResponse
+from gateway.rows import effective_workflow_id, json_field
 from gateway.settings import Settings
 
 READY_TIMEOUT_S = 3.0
@@ -83,8 +84,13 @@ def lineage_json(lineage: Lineage, *, ui_url: str | None) -> dict[str, Any]:
 
 
 def artifact_json(row: Artifact, lineage: Lineage, *, ui_url: str | None) -> dict[str, Any]:
-    """The snake_case JSON the existing REST clients read; ids are the resolved ones."""
-    return {
+    """The snake_case JSON the existing REST clients read; ids are the resolved ones.
+
+    A JSON column that cannot be read is null, and `field_errors` says why (absent otherwise).
+    """
+    chart_data, chart_data_problem = json_field(row.chart_data)
+    metadata, metadata_problem = json_field(row.meta)
+    body: dict[str, Any] = {
         "id": row.id,
         "name": row.name,
         "artifact_type": row.artifact_type,
@@ -92,12 +98,16 @@ def artifact_json(row: Artifact, lineage: Lineage, *, ui_url: str | None) -> dic
         "workflow_id": effective_workflow_id(row),
         "run_id": lineage.run_id,
         "experiment_id": lineage.experiment_id,
-        "chart_data": row.chart_data,
-        "metadata": row.meta,
+        "chart_data": chart_data,
+        "metadata": metadata,
         "image_url": image_url_for(row),
         "created_at": _isoformat(as_utc(row.created_at)),
         "lineage": lineage_json(lineage, ui_url=ui_url),
     }
+    problems = {"chart_data": chart_data_problem, "metadata": metadata_problem}
+    if any(problems.values()):
+        body["field_errors"] = {k: v for k, v in problems.items() if v is not None}
+    return body
 
 
 async def get_artifact(request: Request) -> Response:
@@ -105,12 +115,12 @@ async def get_artifact(request: Request) -> Response:
     services = services_of(request)
     row = await load_artifact(services, request.path_params["artifact_id"])
     lineage = await services.resolver.request().of(row)
-    return JSONResponse(artifact_json(row, lineage, ui_url=services.settings.mlflow_ui_base))
+    return StrictJSONResponse(artifact_json(row, lineage, ui_url=services.settings.mlflow_ui_base))
 
 
 async def healthz(_request: Request) -> Response:
     """The process is up and serving."""
-    return JSONResponse({"status": "ok"})
+    return StrictJSONResponse({"status": "ok"})
 
 
 def _ping(engine: Engine) -> None:
@@ -119,16 +129,27 @@ def _ping(engine: Engine) -> None:
 
 
 async def readyz(request: Request) -> Response:
-    """The database answers within a few seconds; 503 otherwise."""
+    """Ready: the database answers and lineage has finished opening MLflow; 503 otherwise.
+
+    MLflow being down does not make the gateway unready (reads degrade to UNAVAILABLE); only
+    its own warm-up does, bounded by GATEWAY_MLFLOW_WARMUP_S.
+    """
     services = services_of(request)
     try:
         with anyio.fail_after(READY_TIMEOUT_S):
             await anyio.to_thread.run_sync(_ping, services.engine, abandon_on_cancel=True)
     except Exception as exc:
-        return JSONResponse(
+        return StrictJSONResponse(
             {"status": "unavailable", "database": type(exc).__name__}, status_code=503
         )
-    return JSONResponse({"status": "ok", "database": "ok"})
+    await services.resolver.until_warm(timeout_s=READY_TIMEOUT_S)
+    if services.resolver.warming_up:
+        return StrictJSONResponse(
+            {"status": "starting", "database": "ok", "lineage": "warming_up"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+    return StrictJSONResponse({"status": "ok", "database": "ok"})
 
 
 async def metrics(request: Request) -> Response:
@@ -172,6 +193,8 @@ async def artifact_image(request: Request) -> Response:
         "X-Chart-Source": image.source,
         "X-Cache": "hit" if image.cache_hit else "miss",
     }
+    if image.spec_origin is not None:
+        headers["X-Chart-Spec"] = image.spec_origin
     if if_none_match and _etag_matches(if_none_match, image.etag):
         return Response(status_code=304, headers=headers)
     if request.method == "HEAD":

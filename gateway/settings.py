@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         default=100_000, ge=10, validation_alias="GATEWAY_MAX_SNAPSHOT_BARS"
     )
     mlflow_timeout_s: float = Field(default=2.0, gt=0, validation_alias="GATEWAY_MLFLOW_TIMEOUT_S")
+    # Budget of the first open of a local MLflow store (seconds on a fresh process); lookups
+    # wait for it instead of reporting the gateway's own start-up as an MLflow outage.
+    mlflow_warmup_s: float = Field(default=60.0, ge=0, validation_alias="GATEWAY_MLFLOW_WARMUP_S")
     mlflow_concurrency: int = Field(default=8, ge=1, validation_alias="GATEWAY_MLFLOW_CONCURRENCY")
     lineage_cache_ttl_s: float = Field(
         default=300.0, ge=0, validation_alias="GATEWAY_LINEAGE_CACHE_TTL_S"

@@ -24,15 +24,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from chartkit import SnapshotError, load_snapshot
+from chartkit import SnapshotError, count_bars, load_snapshot
 from gateway import repository
 from gateway.errors import GatewayError, InvalidInputError, NotFoundError
 from gateway.gql.types import as_utc
-from gateway.images import ChartImage, Source, bar_count, snapshot_of
+from gateway.images import ChartImage, Source
 from gateway.lineage import Lineage, LineageStatus, experiment_url, run_url
-from gateway.lineage_keys import effective_workflow_id
 from gateway.models import Artifact, ArtifactType
 from gateway.routes import Services, load_artifact, parse_artifact_id, services_of
+from gateway.rows import effective_workflow_id, json_field, meta_dict, snapshot_of
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -121,6 +121,18 @@ def error_page(request: Request, exc: GatewayError) -> Response:
     return response
 
 
+def unexpected_error_page(request: Request) -> Response:
+    """The HTML page for a bug on a /ui path (the API answers a problem document instead)."""
+    request_id = request.scope.get("state", {}).get("request_id")
+    return render(
+        request,
+        "error.html",
+        status_code=500,
+        title="Internal Server Error",
+        detail=f"Unexpected error; see the logs for request id {request_id}.",
+    )
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the list page."""
@@ -189,11 +201,11 @@ def market_data(row: Artifact, max_bars: int) -> MarketData | None:
     snapshot = snapshot_of(row)
     if snapshot is None:
         return None
-    count = bar_count(snapshot)
+    count = count_bars(snapshot)
     if count is not None and count > max_bars:
         return MarketData(count, "", "", "", problem=f"{count} bars, more than {max_bars}")
     try:
-        frame = load_snapshot(snapshot)
+        frame = load_snapshot(snapshot, max_bars=max_bars)
     except SnapshotError as exc:
         return MarketData(0, "", "", "", problem=str(exc))
     close = float(frame["close"].iloc[-1])
@@ -271,7 +283,11 @@ async def artifact_detail(request: Request) -> Response:
         market = await anyio.to_thread.run_sync(
             market_data, row, services.settings.max_snapshot_bars
         )
-    meta = row.meta if isinstance(row.meta, dict) else {}
+    unreadable = {
+        column: problem
+        for column, value in (("metadata", row.meta), ("chart_data", row.chart_data))
+        if (problem := json_field(value)[1]) is not None
+    }
     return render(
         request,
         "artifact_detail.html",
@@ -279,7 +295,8 @@ async def artifact_detail(request: Request) -> Response:
         created=_when(row.created_at),
         chart=chart,
         market=market,
-        meta=meta,
+        meta=meta_dict(row),
+        unreadable=unreadable,
         **_lineage_context(services, row, lineage),
     )
 

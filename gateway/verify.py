@@ -21,12 +21,12 @@ from PIL import Image
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from chartkit import SnapshotError, render_chart
+from chartkit import SnapshotError, count_bars, render_chart
 from gateway import repository
-from gateway.images import bar_count, chart_spec_for, minio_url_of, snapshot_of
 from gateway.models import Artifact, ArtifactType
 from gateway.objectstore import FetchFailure, ObjectLocation, fetch_png, parse_minio_url
 from gateway.observability import Metrics
+from gateway.rows import chart_spec_for, minio_url_of, snapshot_of
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway")
@@ -92,7 +92,7 @@ def verify_row(row: Artifact, *, client: Minio, settings: Settings) -> Verificat
     snapshot = snapshot_of(row)
     if snapshot is None:
         return verdict(Outcome.NO_SNAPSHOT, "no metadata.market_data_snapshot to regenerate from")
-    bars = bar_count(snapshot)
+    bars = count_bars(snapshot)
     if bars is not None and bars > settings.max_snapshot_bars:
         return verdict(Outcome.BAD_SNAPSHOT, f"{bars} bars, above GATEWAY_MAX_SNAPSHOT_BARS")
     fetched = fetch_png(
@@ -107,9 +107,9 @@ def verify_row(row: Artifact, *, client: Minio, settings: Settings) -> Verificat
         if fetched.reason in ("not_png", "too_large"):
             return verdict(Outcome.DIFFERS, f"stored object: {fetched.detail}", 1.0)
         return verdict(Outcome.UNAVAILABLE, f"{fetched.reason}: {fetched.detail}")
-    spec = chart_spec_for(row)
+    spec = chart_spec_for(row).spec
     try:
-        regenerated = render_chart(snapshot, spec)
+        regenerated = render_chart(snapshot, spec, max_snapshot_bars=settings.max_snapshot_bars)
     except SnapshotError as exc:
         return verdict(Outcome.BAD_SNAPSHOT, str(exc))
     if fetched.data == regenerated:

@@ -1,4 +1,5 @@
-"""Real servers for tests: uvicorn on a free loopback port, PostgreSQL schemas."""
+"""Real servers for tests: uvicorn in-process and `gateway serve` processes on free loopback
+ports, mlflow server, PostgreSQL schemas, and faulty peers (proxies, silent listeners)."""
 
 from __future__ import annotations
 
@@ -374,3 +375,63 @@ def s3_client(endpoint: str) -> Any:
     return Minio(
         endpoint, access_key="testing", secret_key="testing", secure=False, region="us-east-1"
     )
+
+
+class GatewayProcess:
+    """A real `gateway serve` process on a free loopback port, its output kept in files."""
+
+    def __init__(self, root: Path, env: dict[str, str], *args: str) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env}
+        self.args = args
+        self.stdout = root / "gateway.out"
+        self.stderr = root / "gateway.err"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> GatewayProcess:
+        gateway = Path(sys.executable).with_name("gateway")
+        self.process = subprocess.Popen(
+            [str(gateway), "serve", "--port", str(self.port), *self.args],
+            env=self.env,
+            stdout=self.stdout.open("wb"),
+            stderr=self.stderr.open("wb"),
+            start_new_session=True,
+        )
+        return self
+
+    def wait_until_listening(self, timeout_s: float = 120) -> None:
+        """Until /healthz answers (sized for a loaded 2-core machine: imports take seconds)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway serve exited: {self.stderr.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("gateway serve did not start")
+
+    def output_lines(self) -> list[str]:
+        """Every line the process wrote, stdout then stderr."""
+        return [
+            line
+            for path in (self.stdout, self.stderr)
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if line.strip()
+        ]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -11,13 +11,13 @@ import anyio.to_thread
 import strawberry
 from strawberry.scalars import JSON
 
-from chartkit import SnapshotError, load_snapshot
+from chartkit import SnapshotError, count_bars, load_snapshot
 from gateway import models
+from gateway.errors import UnreadableValueError
 from gateway.gql.context import Context
-from gateway.images import bar_count, minio_url_of, snapshot_of
 from gateway.lineage import LineageSource, LineageStatus, experiment_url, run_url
-from gateway.lineage_keys import effective_workflow_id
 from gateway.objectstore import ObjectLocation, UrlRefusal, parse_minio_url
+from gateway.rows import effective_workflow_id, json_field, meta_dict, minio_url_of, snapshot_of
 from gateway.settings import Settings
 
 
@@ -86,11 +86,11 @@ def summarize_snapshot(snapshot: Any, max_bars: int) -> SnapshotSummary:
     """Bar count and range of a snapshot; counts only (no parse) above max_bars."""
     if snapshot is None:
         return SnapshotSummary(None, None, None)
-    counted = bar_count(snapshot)
+    counted = count_bars(snapshot)
     if counted is not None and counted > max_bars:
         return SnapshotSummary(counted, None, None)
     try:
-        frame = load_snapshot(snapshot)
+        frame = load_snapshot(snapshot, max_bars=max_bars)
     except SnapshotError:
         return SnapshotSummary(None, None, None)
     first, last = frame.index[0], frame.index[-1]
@@ -140,7 +140,7 @@ def chart_info(row: models.Artifact, settings: Settings) -> ChartInfo:
     """The chart fields of a chart row (no I/O; the snapshot is parsed only when asked)."""
     url = minio_url_of(row)
     location = parse_minio_url(url, settings) if url is not None else None
-    meta = row.meta if isinstance(row.meta, dict) else {}
+    meta = meta_dict(row)
     version = meta.get("chartkit_version")
     recorded: Any = meta.get("chart_spec")
     spec: Any = recorded if isinstance(recorded, dict) else None
@@ -170,12 +170,22 @@ class Artifact:
     created_at: datetime | None = strawberry.field(
         description="UTC; null only when another writer stored a value that is not a time."
     )
-    chart_data: JSON | None
-    metadata: JSON | None
     image_url: str | None = strawberry.field(
         description="Gateway URL of the chart PNG; null for non-chart artifacts."
     )
     row: strawberry.Private[models.Artifact]
+
+    @strawberry.field(
+        description="chart_data as stored; null with an error on this field when unreadable."
+    )
+    def chart_data(self) -> JSON | None:
+        return _readable(self.row.chart_data, "chart_data")
+
+    @strawberry.field(
+        description="metadata as stored; null with an error on this field when unreadable."
+    )
+    def metadata(self) -> JSON | None:
+        return _readable(self.row.meta, "metadata")
 
     @strawberry.field(description="MLflow run id: stored, else resolved from MLflow (null if not).")
     async def run_id(self, info: strawberry.Info[Context, None]) -> str | None:
@@ -206,10 +216,17 @@ class Artifact:
         )
 
 
+def _readable(value: Any, column: str) -> JSON | None:
+    readable, problem = json_field(value)
+    if problem is not None:
+        raise UnreadableValueError(f"stored {column} cannot be read: {problem}")
+    result: JSON | None = readable
+    return result
+
+
 def artifact_from_row(row: models.Artifact) -> Artifact:
     """Build the GraphQL artifact from a table row."""
     assert row.id is not None
-    meta: Any = row.meta
     return Artifact(
         id=row.id,
         name=row.name,
@@ -217,8 +234,6 @@ def artifact_from_row(row: models.Artifact) -> Artifact:
         symbol=row.symbol,
         workflow_id=effective_workflow_id(row),
         created_at=as_utc(row.created_at),
-        chart_data=row.chart_data,
-        metadata=meta,
         image_url=image_url_for(row),
         row=row,
     )

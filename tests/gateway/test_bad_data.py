@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from chartkit import ChartSpec, random_walk_bars, render_chart
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.jsonstrict import strict_parse
 
 BARS = random_walk_bars(60, seed=8)
 
@@ -81,10 +82,11 @@ def test_snapshot_stored_as_a_json_string_is_drawn(
     ("snapshot_json", "detail"),
     [
         ('"not json at all"', "not JSON"),
-        (json.dumps([{**BARS[0], "close": "NaN"}]).replace('"NaN"', "NaN"), "not finite"),
+        # JSON has no NaN: a stored NaN reads as null (gateway.strictjson), so the bar says so.
+        (json.dumps([{**BARS[0], "close": "NaN"}]).replace('"NaN"', "NaN"), "close is null"),
         (
             json.dumps([{**BARS[0], "high": "Infinity"}]).replace('"Infinity"', "Infinity"),
-            "not finite",
+            "high is null",
         ),
         ('[{"t": 1}]', "has no 'open'"),
         ("[1, 2, 3]", "not an object"),
@@ -159,3 +161,23 @@ def test_json_columns_holding_text_that_is_not_json_read_as_that_text(
     ).json()
     assert filtered["data"]["artifacts"]["edges"] == [{"node": {"id": fine}}]
     assert client.get(f"/api/artifacts/{broken}").json()["metadata"] == "{not json"
+
+
+def test_text_columns_holding_invalid_utf8_read_with_replacement_characters(
+    client: TestClient, engine: Engine, insert: Callable[..., int]
+) -> None:
+    # SQLite keeps whatever bytes a writer gave it as TEXT (PostgreSQL refuses invalid UTF-8);
+    # one such cell used to fail the whole query.
+    artifact_id = insert(name="placeholder", symbol="X")
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE artifacts SET name = CAST(x'41ff42' AS TEXT) WHERE id = :id"),
+            {"id": artifact_id},
+        )
+    body = strict_parse(client.get(f"/api/artifacts/{artifact_id}").content)
+    assert body["name"] == "A\ufffdB"
+    listing = client.post("/graphql", json={"query": "{ artifacts { edges { node { name } } } }"})
+    assert strict_parse(listing.content)["data"]["artifacts"]["edges"] == [
+        {"node": {"name": "A\ufffdB"}}
+    ]
+    assert client.get("/ui/artifacts").status_code == 200

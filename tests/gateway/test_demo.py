@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 from chartkit.sample import random_walk_bars
 from gateway.app import create_app
 from gateway.demo import DEMO_EXPERIMENT, seed_demo_data
-from gateway.lineage_keys import effective_workflow_id, metadata_run_id
 from gateway.models import Artifact
+from gateway.rows import effective_workflow_id, metadata_run_id
 from gateway.settings import Settings
 
 

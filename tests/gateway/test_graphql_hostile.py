@@ -69,6 +69,9 @@ def test_hostile_documents_get_graphql_errors_with_messages(
     assert "Unexpected error." not in messages
 
 
+JSON_TYPE = {"content-type": "application/json"}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status", "text"),
     [
@@ -99,6 +102,43 @@ def test_hostile_documents_get_graphql_errors_with_messages(
             {"content": b"query { a }", "headers": {"content-type": "text/plain"}},
             400,
             "Unsupported content type",
+        ),
+        ({"content": b"1", "headers": JSON_TYPE}, 400, "Expected a JSON object, got int"),
+        ({"content": b'"{ a }"', "headers": JSON_TYPE}, 400, "Expected a JSON object, got str"),
+        ({"content": b"null", "headers": JSON_TYPE}, 400, "Expected a JSON object, got NoneType"),
+        ({"content": b'{"query":"\xff"}', "headers": JSON_TYPE}, 400, "not valid UTF-8"),
+        (
+            {"content": b"[" * 5000 + b"]" * 5000, "headers": JSON_TYPE},
+            400,
+            "nested deeper than 64 levels",
+        ),
+        (
+            {
+                "content": b'{"query": "{ __typename }", "variables": {"v": '
+                + b"[" * 5000
+                + b"]" * 5000
+                + b"}}",
+                "headers": JSON_TYPE,
+            },
+            400,
+            "nested deeper than 64 levels",
+        ),
+        (
+            {
+                "content": b'{"query": "{ __typename }", "variables": {"v": NaN}}',
+                "headers": JSON_TYPE,
+            },
+            400,
+            "NaN is not a JSON number",
+        ),
+        (
+            {
+                "content": b'{"query": "query($s: String) { artifacts(symbol: $s) { edges '
+                b'{ node { id } } } }", "variables": {"s": "\\ud800"}}',
+                "headers": JSON_TYPE,
+            },
+            400,
+            "lone UTF-16 surrogate",
         ),
         (
             {"content": b"x" * (1024 * 1024), "headers": {"content-type": "application/json"}},

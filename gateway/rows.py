@@ -1,0 +1,95 @@
+"""Field accessors for artifact rows: the one place that knows where a value lives in a row.
+
+Other writers fill the JSON columns with any shape, so every accessor checks what it finds and
+answers None (or a stated fallback) instead of failing. Shared by reads, images, repair, verify,
+the pages and dags_utils.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from chartkit import ChartSpec
+from chartkit.spec import MAX_SYMBOL_CHARS
+from gateway.models import Artifact
+from gateway.strictjson import UnreadableJSON
+
+
+def meta_dict(row: Artifact) -> dict[str, Any]:
+    """`metadata` when it is an object, else an empty dict."""
+    return row.meta if isinstance(row.meta, dict) else {}
+
+
+def _metadata_str(meta: Any, key: str) -> str | None:
+    if isinstance(meta, dict):
+        value = meta.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def effective_workflow_id(row: Artifact) -> str | None:
+    """Workflow id for lineage: the column, else metadata `workflow_id`, else `dag_run_id`."""
+    if row.workflow_id:
+        return row.workflow_id
+    return _metadata_str(row.meta, "workflow_id") or _metadata_str(row.meta, "dag_run_id")
+
+
+def metadata_run_id(row: Artifact) -> str | None:
+    """The MLflow run id a DAG recorded in metadata, when it is there and a string."""
+    return _metadata_str(row.meta, "mlflow_run_id")
+
+
+def snapshot_of(row: Artifact) -> Any | None:
+    """The stored market-data snapshot, if any."""
+    return meta_dict(row).get("market_data_snapshot")
+
+
+def minio_url_of(row: Artifact) -> Any | None:
+    """`chart_data.minio_url`, else `metadata.minio_url`."""
+    for holder in (row.chart_data, row.meta):
+        if isinstance(holder, dict) and holder.get("minio_url"):
+            return holder["minio_url"]
+    return None
+
+
+def json_field(value: Any) -> tuple[Any, str | None]:
+    """A JSON column's value to serve, and why it is null when it could not be read."""
+    if isinstance(value, UnreadableJSON):
+        return None, value.reason
+    return value, None
+
+
+SpecOrigin = Literal["recorded", "default", "refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpecChoice:
+    """The spec a regenerated chart is drawn with, and where it came from.
+
+    `origin` is `recorded` (metadata.chart_spec), `default` (none recorded) or `refused` (one
+    was recorded but cannot be used; `problem` says why, and the default is drawn instead).
+    """
+
+    spec: ChartSpec
+    origin: SpecOrigin
+    problem: str | None = None
+
+
+def chart_spec_for(row: Artifact) -> SpecChoice:
+    """The spec a regenerated chart of this row uses: the recorded one, else the default."""
+    recorded = meta_dict(row).get("chart_spec")
+    spec, problem = ChartSpec(), None
+    origin: SpecOrigin = "default"
+    if recorded is not None:
+        try:
+            if not isinstance(recorded, dict):
+                raise TypeError(f"chart_spec is {type(recorded).__name__}, not an object")
+            spec, origin = ChartSpec.from_dict(recorded), "recorded"
+        except (TypeError, ValueError) as exc:
+            spec, origin, problem = ChartSpec(), "refused", str(exc)[:200]
+    if spec.symbol is None and isinstance(row.symbol, str) and row.symbol.strip():
+        # The title shows the symbol; a column holding an essay is cut, not drawn whole.
+        spec = ChartSpec.from_dict({**spec.to_dict(), "symbol": row.symbol[:MAX_SYMBOL_CHARS]})
+    return SpecChoice(spec, origin, problem)

@@ -97,7 +97,7 @@ def _column_length(values: Any) -> int:
     if isinstance(values, list):
         return len(values)
     if isinstance(values, (str, bytes)):
-        return _count_bars_in_text(values)
+        return _count_bars_in_text(values) or 0
     return 0
 
 

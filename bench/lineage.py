@@ -22,11 +22,12 @@ from mlflow.tracking import MlflowClient
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
-from gateway.app import build_resolver, create_app
+from gateway.app import create_app
 from gateway.db import init_db, make_engine
 from gateway.models import Artifact
 from gateway.observability import Metrics, configure_logging
 from gateway.repair import repair_lineage
+from gateway.services import build_resolver
 from gateway.settings import Settings
 from tests.servers import MlflowServer, RecordingProxy
 

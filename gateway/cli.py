@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, init-db, demo-data, export-schema."""
+"""The `gateway` command: serve, init-db, demo-data, repair-lineage, verify-charts, schema."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import Progress
@@ -83,10 +83,10 @@ def _export_schema(args: argparse.Namespace, _settings: Settings) -> int:
 def _repair_lineage(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
-    from gateway.app import build_resolver
     from gateway.db import make_engine
     from gateway.observability import Metrics
     from gateway.repair import repair_lineage
+    from gateway.services import build_resolver
 
     engine = make_engine(settings.database_url)
     resolver = build_resolver(settings, Metrics())
@@ -129,11 +129,10 @@ def _repair_lineage(args: argparse.Namespace, settings: Settings) -> int:
 def _verify_charts(args: argparse.Namespace, settings: Settings) -> int:
     from prometheus_client import write_to_textfile
 
-    from gateway import strictjson
     from gateway.db import make_engine
     from gateway.objectstore import make_client
     from gateway.observability import Metrics
-    from gateway.verify import FAILING, Outcome, Verification, count_charts, verify_charts
+    from gateway.verify import FAILING, Outcome, count_charts, verify_charts
 
     console = Console(stderr=args.json)
     client = make_client(settings)
@@ -169,35 +168,45 @@ def _verify_charts(args: argparse.Namespace, settings: Settings) -> int:
         counts[result.outcome] += 1
     failed = sum(counts[o] for o in FAILING)
     if args.json:
-        document = {
-            "summary": {o.value: n for o, n in counts.items()},
-            "checked": len(results),
-            "ok": failed == 0,
-            "artifacts": [r.as_json() for r in results],
-        }
-        sys.stdout.write(strictjson.dumps(document, indent=2) + "\n")
+        _print_verification_json(results, counts, ok=failed == 0)
     else:
-        out = Console()
-        found = ", ".join(f"{n} {o.value}" for o, n in counts.items() if n)
-        out.print(
-            f"{len(results)} charts checked: {found or 'none'}", highlight=False, soft_wrap=True
-        )
-        summary = Table(title="chart verification")
-        summary.add_column("outcome")
-        summary.add_column("charts", justify="right")
-        for outcome, n in counts.items():
-            summary.add_row(outcome.value, str(n))
-        out.print(summary)
-        problems: list[Verification] = [r for r in results if r.outcome != Outcome.MATCH]
-        if problems:
-            detail = Table(title="not matching")
-            for column in ("id", "name", "outcome", "pixels differing", "detail"):
-                detail.add_column(column, justify="right" if column == "id" else "left")
-            for r in problems:
-                ratio = f"{r.pixel_ratio:.2%}" if r.pixel_ratio is not None else ""
-                detail.add_row(str(r.artifact_id), r.name, r.outcome.value, ratio, r.detail)
-            out.print(detail)
+        _print_verification_tables(results, counts)
     return 1 if failed else 0
+
+
+def _print_verification_json(results: list[Any], counts: dict[Any, int], *, ok: bool) -> None:
+    from gateway import strictjson
+
+    document = {
+        "summary": {o.value: n for o, n in counts.items()},
+        "checked": len(results),
+        "ok": ok,
+        "artifacts": [r.as_json() for r in results],
+    }
+    sys.stdout.write(strictjson.dumps(document, indent=2) + "\n")
+
+
+def _print_verification_tables(results: list[Any], counts: dict[Any, int]) -> None:
+    from gateway.verify import Outcome
+
+    out = Console()
+    found = ", ".join(f"{n} {o.value}" for o, n in counts.items() if n)
+    out.print(f"{len(results)} charts checked: {found or 'none'}", highlight=False, soft_wrap=True)
+    summary = Table(title="chart verification")
+    summary.add_column("outcome")
+    summary.add_column("charts", justify="right")
+    for outcome, n in counts.items():
+        summary.add_row(outcome.value, str(n))
+    out.print(summary)
+    problems = [r for r in results if r.outcome != Outcome.MATCH]
+    if problems:
+        detail = Table(title="not matching")
+        for column in ("id", "name", "outcome", "pixels differing", "detail"):
+            detail.add_column(column, justify="right" if column == "id" else "left")
+        for r in problems:
+            ratio = f"{r.pixel_ratio:.2%}" if r.pixel_ratio is not None else ""
+            detail.add_row(str(r.artifact_id), r.name, r.outcome.value, ratio, r.detail)
+        out.print(detail)
 
 
 def _progress(console: Console) -> Progress:

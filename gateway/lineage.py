@@ -4,9 +4,9 @@ Order (DESIGN.md): ids stored on the row -> STORED; a run id (row, else metadata
 -> that run's experiment -> HYDRATED; a workflow id -> the latest run tagged workflow_id ->
 HYDRATED; else UNRESOLVED with a reason; MLflow unreachable or too slow -> UNAVAILABLE.
 
-Shared by GraphQL/REST reads (per-request `RequestLineage` with a DataLoader), the repair
-mutation and CLI, and dags_utils. One `LineageResolver` per process holds the TTL cache and the
-circuit breaker.
+Shared by reads (the services layer batches a request's lookups), the repair mutation and CLI,
+and dags_utils. One `LineageResolver` per process holds the TTL cache, the circuit breaker and the
+MLflow warm-up. `lineage_view` is the one shape REST, GraphQL and the pages show.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 import structlog
 from cachetools import TLRUCache
-from strawberry.dataloader import DataLoader
 
+from gateway.breaker import CircuitBreaker, CircuitOpenError
 from gateway.mlflow_backend import MlflowUnavailableError, RunRef, SearchBackend
 from gateway.models import Artifact
 from gateway.observability import Metrics
@@ -75,63 +75,6 @@ class Unavailable:
 
 Outcome: TypeAlias = RunRef | Unavailable | None
 Key: TypeAlias = tuple[str, str]  # ("run", run_id) or ("workflow", workflow_id)
-
-
-class CircuitOpenError(Exception):
-    """MLflow failed repeatedly; calls are short-circuited until the cool-down passes."""
-
-
-class CircuitBreaker:
-    """Consecutive-failure breaker: open after `threshold` failures, one trial after `cooldown_s`.
-
-    Small and async-native on purpose: the maintained breaker libraries are sync-first.
-    """
-
-    def __init__(
-        self,
-        *,
-        threshold: int = 5,
-        cooldown_s: float = 15.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.threshold = threshold
-        self.cooldown_s = cooldown_s
-        self._clock = clock
-        self._failures = 0
-        self._opened_at: float | None = None
-        self._trial_running = False
-
-    @property
-    def is_open(self) -> bool:
-        """True while calls are being short-circuited."""
-        return self._opened_at is not None and (
-            self._trial_running or self._clock() - self._opened_at < self.cooldown_s
-        )
-
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run `fn` unless the circuit is open; count its success or failure."""
-        trial = False
-        if self._opened_at is not None:
-            if self.is_open:
-                raise CircuitOpenError("MLflow circuit open after repeated failures")
-            trial = self._trial_running = True
-        try:
-            result = await fn()
-        except (MlflowUnavailableError, TimeoutError):
-            self._failures += 1
-            if trial or self._failures >= self.threshold:
-                if self._opened_at is None or trial:
-                    log.warning(
-                        "lineage.circuit_open", failures=self._failures, cooldown_s=self.cooldown_s
-                    )
-                self._opened_at = self._clock()
-            raise
-        finally:
-            if trial:
-                self._trial_running = False
-        self._failures = 0
-        self._opened_at = None
-        return result
 
 
 class LineageResolver:
@@ -294,14 +237,49 @@ class LineageResolver:
         self._cache[("workflow", workflow_id)] = ref
         return {("workflow", workflow_id): ref}
 
-    def request(self) -> RequestLineage:
-        """A per-request view: one DataLoader, each artifact resolved at most once."""
-        return RequestLineage(self)
+    async def load_batch(self, keys: Sequence[Key]) -> list[Outcome]:
+        """Outcomes of one batch of keys within one deadline: a slow MLflow costs at most that.
+
+        Waits for the warm-up first (outside the deadline): opening the local store is the
+        gateway's own start-up, not an MLflow outage.
+        """
+        await self.until_warm()
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                return await self.lookup(keys)
+        except TimeoutError:
+            return [Unavailable("MLflow did not answer in time")] * len(keys)
 
     async def resolve_rows(self, rows: Sequence[Artifact]) -> list[Lineage]:
-        """Lineage of many rows with batched lookups (repair, CLI, dags_utils)."""
-        scope = self.request()
-        return list(await asyncio.gather(*(scope.of(row) for row in rows)))
+        """Lineage of many rows, in rounds: each round looks up every row's next key at once."""
+        known: dict[Key, Outcome] = {}
+        while True:
+            steps = [decide(row, known) for row in rows]
+            wanted = sorted({step for step in steps if not isinstance(step, Lineage)})
+            if not wanted:
+                break
+            known.update(zip(wanted, await self.load_batch(wanted), strict=True))
+        lineages = [step for step in steps if isinstance(step, Lineage)]
+        for row, lineage in zip(rows, lineages, strict=True):
+            self.record(row, lineage)
+        return lineages
+
+    def record(self, row: Artifact, lineage: Lineage) -> None:
+        """Count and log one resolution (one event name per outcome)."""
+        self.metrics.lineage_resolutions.labels(
+            lineage.status.value, lineage.source.value if lineage.source else "none"
+        ).inc()
+        fields: dict[str, Any] = {
+            "artifact_id": row.id,
+            "workflow_id": effective_workflow_id(row),
+            "run_id": lineage.run_id,
+        }
+        if lineage.status is LineageStatus.HYDRATED:
+            log.info("lineage.hydrated", source=lineage.source, **fields)
+        elif lineage.status is LineageStatus.UNRESOLVED:
+            log.info("lineage.unresolved", reason=lineage.reason, **fields)
+        elif lineage.status is LineageStatus.UNAVAILABLE:
+            log.warning("lineage.unavailable", reason=lineage.reason, **fields)
 
     def clear_cache(self) -> None:
         """Forget cached lookups (after a repair, or in tests)."""
@@ -319,71 +297,34 @@ def _unavailable(exc: BaseException) -> Unavailable:
     return Unavailable(f"MLflow lookup failed: {type(exc).__name__}")
 
 
-class RequestLineage:
-    """Resolves artifacts for one request; lookups are batched by a DataLoader."""
-
-    def __init__(self, resolver: LineageResolver) -> None:
-        self.resolver = resolver
-        self._loader: DataLoader[Key, Outcome] = DataLoader(load_fn=self._load)
-        self._memo: dict[int, asyncio.Task[Lineage]] = {}
-
-    async def _load(self, keys: list[Key]) -> list[Outcome]:
-        await self.resolver.until_warm()
-        # One deadline for the whole batch: a slow MLflow costs a request at most this long.
-        budget = self.resolver.timeout_s * 2
-        try:
-            async with asyncio.timeout(budget):
-                return await self.resolver.lookup(keys)
-        except TimeoutError:
-            return [Unavailable("MLflow did not answer in time")] * len(keys)
-
-    def of(self, row: Artifact) -> Awaitable[Lineage]:
-        """The row's lineage; several fields of one artifact share a single resolution."""
-        key = row.id if row.id is not None else id(row)
-        task = self._memo.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._resolve(row))
-            self._memo[key] = task
-        return task
-
-    async def _resolve(self, row: Artifact) -> Lineage:
-        lineage = await resolve_row(row, self._loader.load)
-        self.resolver.metrics.lineage_resolutions.labels(
-            lineage.status.value, lineage.source.value if lineage.source else "none"
-        ).inc()
-        fields: dict[str, Any] = {
-            "artifact_id": row.id,
-            "workflow_id": effective_workflow_id(row),
-            "run_id": lineage.run_id,
-        }
-        if lineage.status is LineageStatus.HYDRATED:
-            log.info("lineage.hydrated", source=lineage.source, **fields)
-        elif lineage.status is LineageStatus.UNRESOLVED:
-            log.info("lineage.unresolved", reason=lineage.reason, **fields)
-        elif lineage.status is LineageStatus.UNAVAILABLE:
-            log.warning("lineage.unavailable", reason=lineage.reason, **fields)
-        return lineage
+def candidates_of(row: Artifact) -> list[tuple[LineageSource, Key]]:
+    """The lookups that can resolve a row, in the design's order (none for stored ids)."""
+    if row.run_id and row.experiment_id:
+        return []
+    if row.run_id:
+        return [(LineageSource.ROW, ("run", row.run_id))]
+    found: list[tuple[LineageSource, Key]] = []
+    meta_run = metadata_run_id(row)
+    if meta_run:
+        found.append((LineageSource.METADATA_RUN_ID, ("run", meta_run)))
+    workflow_id = effective_workflow_id(row)
+    if workflow_id:
+        found.append((LineageSource.WORKFLOW_TAG, ("workflow", workflow_id)))
+    return found
 
 
-async def resolve_row(row: Artifact, load: Callable[[Key], Awaitable[Outcome]]) -> Lineage:
-    """Apply the resolution order to one row, loading runs through `load`."""
+def decide(row: Artifact, known: Mapping[Key, Outcome]) -> Lineage | Key:
+    """The row's lineage from the outcomes known so far, or the next key that must be looked up."""
     if row.run_id and row.experiment_id:
         return Lineage(LineageStatus.STORED, LineageSource.ROW, row.run_id, row.experiment_id)
-    candidates: list[tuple[LineageSource, Key]] = []
-    if row.run_id:
-        candidates.append((LineageSource.ROW, ("run", row.run_id)))
-    else:
-        meta_run = metadata_run_id(row)
-        if meta_run:
-            candidates.append((LineageSource.METADATA_RUN_ID, ("run", meta_run)))
-        workflow_id = effective_workflow_id(row)
-        if workflow_id:
-            candidates.append((LineageSource.WORKFLOW_TAG, ("workflow", workflow_id)))
+    candidates = candidates_of(row)
     if not candidates:
         return Lineage(LineageStatus.UNRESOLVED, reason="artifact has no run id and no workflow id")
     reasons = []
     for source, key in candidates:
-        outcome = await load(key)
+        if key not in known:
+            return key
+        outcome = known[key]
         if isinstance(outcome, RunRef):
             return Lineage(LineageStatus.HYDRATED, source, outcome.run_id, outcome.experiment_id)
         if isinstance(outcome, Unavailable):
@@ -395,6 +336,14 @@ async def resolve_row(row: Artifact, load: Callable[[Key], Awaitable[Outcome]]) 
             else f"no MLflow run tagged workflow_id={value}"
         )
     return Lineage(LineageStatus.UNRESOLVED, reason="; ".join(reasons))
+
+
+async def resolve_row(row: Artifact, load: Callable[[Key], Awaitable[Outcome]]) -> Lineage:
+    """Apply the resolution order to one row, loading runs through `load`."""
+    known: dict[Key, Outcome] = {}
+    while not isinstance(step := decide(row, known), Lineage):
+        known[step] = await load(step)
+    return step
 
 
 def run_url(ui_url: str | None, lineage: Lineage) -> str | None:
@@ -409,3 +358,34 @@ def experiment_url(ui_url: str | None, lineage: Lineage) -> str | None:
     if ui_url and lineage.experiment_id is not None:
         return f"{ui_url.rstrip('/')}/#/experiments/{lineage.experiment_id}"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class LineageView:
+    """What every client is shown of a lineage: the ids, how they were found, and the links."""
+
+    status: LineageStatus
+    source: LineageSource | None
+    reason: str | None
+    run_id: str | None
+    experiment_id: str | None
+    run_url: str | None
+    experiment_url: str | None
+
+    @property
+    def unresolved(self) -> bool:
+        """True when the ids are missing (not found, or MLflow unavailable)."""
+        return self.status in (LineageStatus.UNRESOLVED, LineageStatus.UNAVAILABLE)
+
+
+def lineage_view(lineage: Lineage, *, ui_url: str | None) -> LineageView:
+    """The lineage with its MLflow UI links, as REST, GraphQL and the pages show it."""
+    return LineageView(
+        status=lineage.status,
+        source=lineage.source,
+        reason=lineage.reason,
+        run_id=lineage.run_id,
+        experiment_id=lineage.experiment_id,
+        run_url=run_url(ui_url, lineage),
+        experiment_url=experiment_url(ui_url, lineage),
+    )

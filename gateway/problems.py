@@ -11,10 +11,46 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, OverloadedError
+from gateway.errors import (
+    DatabaseUnavailableError,
+    GatewayError,
+    InvalidInputError,
+    NotFoundError,
+    OverloadedError,
+    RenderTimeoutError,
+    SnapshotUnusableError,
+    UnauthorizedError,
+    UnreadableValueError,
+)
 from gateway.strictjson import dumps_bytes
 
 PROBLEM_JSON = "application/problem+json"
+
+# The one place where domain errors meet HTTP: status, title, and whether to say Retry-After.
+_STATUS: dict[type[GatewayError], tuple[int, str]] = {
+    InvalidInputError: (400, "Bad Request"),
+    UnauthorizedError: (401, "Unauthorized"),
+    NotFoundError: (404, "Not Found"),
+    UnreadableValueError: (422, "Unprocessable Content"),
+    SnapshotUnusableError: (422, "Unprocessable Content"),
+    DatabaseUnavailableError: (503, "Service Unavailable"),
+    OverloadedError: (503, "Service Unavailable"),
+    RenderTimeoutError: (503, "Service Unavailable"),
+}
+_RETRY_LATER = (DatabaseUnavailableError, OverloadedError, RenderTimeoutError)
+
+
+def status_of(exc: GatewayError) -> tuple[int, str]:
+    """HTTP status and title of an expected failure (its closest listed class; else 400)."""
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 400, "Bad Request"
+
+
+def retry_after(exc: GatewayError) -> dict[str, str] | None:
+    """`Retry-After: 1` for failures that pass by themselves (overload, a database blip)."""
+    return {"Retry-After": "1"} if isinstance(exc, _RETRY_LATER) else None
 
 
 class StrictJSONResponse(JSONResponse):
@@ -55,8 +91,8 @@ def problem(
 async def gateway_error_handler(request: Request, exc: Exception) -> Response:
     """Expected failures: their message is the detail."""
     assert isinstance(exc, GatewayError)
-    headers = {"Retry-After": "1"} if isinstance(exc, OverloadedError) else None
-    return problem(exc.status_code, exc.title, str(exc), instance=request.url.path, headers=headers)
+    status, title = status_of(exc)
+    return problem(status, title, str(exc), instance=request.url.path, headers=retry_after(exc))
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

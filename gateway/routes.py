@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -15,71 +13,31 @@ from sqlalchemy.engine import Engine
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import repository
-from gateway.errors import InvalidInputError, NotFoundError
-from gateway.gql.cursors import MAX_ID
-from gateway.gql.types import as_utc, image_url_for
-from gateway.images import ImageService, Source
-from gateway.lineage import Lineage, LineageResolver, experiment_url, run_url
+from gateway.errors import InvalidInputError
+from gateway.images import Source
+from gateway.lineage import Lineage, LineageView, lineage_view
 from gateway.models import Artifact
-from gateway.observability import Metrics
 from gateway.problems import StrictJSONResponse
-from gateway.rows import effective_workflow_id, json_field
-from gateway.settings import Settings
+from gateway.rows import created_at_of, effective_workflow_id, image_url_of, json_field
+from gateway.services import RequestLineage, load_artifact, parse_artifact_id, services_of
 
 READY_TIMEOUT_S = 3.0
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
-
-
-@dataclass
-class Services:
-    """What the lifespan builds once and every route and resolver shares."""
-
-    settings: Settings
-    engine: Engine
-    metrics: Metrics
-    resolver: LineageResolver
-    images: ImageService
-
-
-def services_of(request: Request) -> Services:
-    """The app's shared services, put in request state by the lifespan."""
-    services: Services = request.state.services
-    return services
-
-
-def parse_artifact_id(raw: str) -> int:
-    """A positive artifact id from a path segment; InvalidInputError otherwise."""
-    if not _DIGITS.match(raw) or not 1 <= int(raw) <= MAX_ID:
-        raise InvalidInputError(f"artifact id must be a positive integer, got {raw[:40]!r}")
-    return int(raw)
-
-
-async def load_artifact(services: Services, raw_id: str | int) -> Artifact:
-    """The row for a path id: InvalidInputError when malformed, NotFoundError when absent."""
-    artifact_id = raw_id if isinstance(raw_id, int) else parse_artifact_id(raw_id)
-    row = await repository.run_in_session(
-        services.engine, repository.get_artifact, artifact_id=artifact_id
-    )
-    if row is None:
-        raise NotFoundError(f"artifact {artifact_id} does not exist")
-    return row
 
 
 def _isoformat(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def lineage_json(lineage: Lineage, *, ui_url: str | None) -> dict[str, Any]:
+def lineage_json(view: LineageView) -> dict[str, Any]:
     """The lineage object of REST responses."""
     return {
-        "status": lineage.status.value,
-        "source": lineage.source.value if lineage.source else None,
-        "reason": lineage.reason,
-        "run_id": lineage.run_id,
-        "experiment_id": lineage.experiment_id,
-        "run_url": run_url(ui_url, lineage),
-        "experiment_url": experiment_url(ui_url, lineage),
+        "status": view.status.value,
+        "source": view.source.value if view.source else None,
+        "reason": view.reason,
+        "run_id": view.run_id,
+        "experiment_id": view.experiment_id,
+        "run_url": view.run_url,
+        "experiment_url": view.experiment_url,
     }
 
 
@@ -100,9 +58,9 @@ def artifact_json(row: Artifact, lineage: Lineage, *, ui_url: str | None) -> dic
         "experiment_id": lineage.experiment_id,
         "chart_data": chart_data,
         "metadata": metadata,
-        "image_url": image_url_for(row),
-        "created_at": _isoformat(as_utc(row.created_at)),
-        "lineage": lineage_json(lineage, ui_url=ui_url),
+        "image_url": image_url_of(row),
+        "created_at": _isoformat(created_at_of(row)),
+        "lineage": lineage_json(lineage_view(lineage, ui_url=ui_url)),
     }
     problems = {"chart_data": chart_data_problem, "metadata": metadata_problem}
     if any(problems.values()):
@@ -114,7 +72,7 @@ async def get_artifact(request: Request) -> Response:
     """GET /api/artifacts/{id}."""
     services = services_of(request)
     row = await load_artifact(services, request.path_params["artifact_id"])
-    lineage = await services.resolver.request().of(row)
+    lineage = await RequestLineage(services.resolver).of(row)
     return StrictJSONResponse(artifact_json(row, lineage, ui_url=services.settings.mlflow_ui_base))
 
 

@@ -8,11 +8,12 @@ the pages and dags_utils.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from chartkit import ChartSpec
 from chartkit.spec import MAX_SYMBOL_CHARS
-from gateway.models import Artifact
+from gateway.models import Artifact, ArtifactType
 from gateway.strictjson import UnreadableJSON
 
 
@@ -52,6 +53,21 @@ def minio_url_of(row: Artifact) -> Any | None:
         if isinstance(holder, dict) and holder.get("minio_url"):
             return holder["minio_url"]
     return None
+
+
+def image_url_of(row: Artifact) -> str | None:
+    """The gateway's image route for chart artifacts, None for other kinds."""
+    if row.artifact_type == ArtifactType.CHART and row.id is not None:
+        return f"/api/artifacts/{row.id}/image"
+    return None
+
+
+def created_at_of(row: Artifact) -> datetime | None:
+    """`created_at` in UTC (naive values are UTC by contract); None when it was unreadable."""
+    value = row.created_at
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def json_field(value: Any) -> tuple[Any, str | None]:

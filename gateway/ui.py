@@ -7,10 +7,8 @@ page shows exactly what the API answers.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -24,15 +22,21 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from chartkit import SnapshotError, count_bars, load_snapshot
 from gateway import repository
 from gateway.errors import GatewayError, InvalidInputError, NotFoundError
-from gateway.gql.types import as_utc
 from gateway.images import ChartImage, Source
-from gateway.lineage import Lineage, LineageStatus, experiment_url, run_url
+from gateway.lineage import LineageView, lineage_view
 from gateway.models import Artifact, ArtifactType
-from gateway.routes import Services, load_artifact, parse_artifact_id, services_of
-from gateway.rows import effective_workflow_id, json_field, meta_dict, snapshot_of
+from gateway.problems import retry_after, status_of
+from gateway.rows import created_at_of, effective_workflow_id, json_field, meta_dict, snapshot_of
+from gateway.services import (
+    RequestLineage,
+    Services,
+    load_artifact,
+    parse_artifact_id,
+    services_of,
+)
+from gateway.snapshots import SnapshotSummary, summarize_snapshot
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -112,12 +116,10 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
 
 def error_page(request: Request, exc: GatewayError) -> Response:
     """A gateway error as an HTML page with the same status and message as the API gives."""
-    log.info("ui.error", status=exc.status_code, detail=str(exc))
-    response = render(
-        request, "error.html", status_code=exc.status_code, title=exc.title, detail=str(exc)
-    )
-    if exc.status_code == 503:
-        response.headers["Retry-After"] = "1"
+    status, title = status_of(exc)
+    log.info("ui.error", status=status, detail=str(exc))
+    response = render(request, "error.html", status_code=status, title=title, detail=str(exc))
+    response.headers.update(retry_after(exc) or {})
     return response
 
 
@@ -138,12 +140,12 @@ class Row:
     """One line of the list page."""
 
     artifact: Artifact
-    lineage: Lineage
+    lineage: LineageView
     created: str
 
 
-def _when(value: datetime | None) -> str:
-    utc = as_utc(value)
+def _when(row: Artifact) -> str:
+    utc = created_at_of(row)
     return utc.strftime("%Y-%m-%d %H:%M UTC") if utc is not None else "unknown"
 
 
@@ -166,8 +168,9 @@ async def artifact_list(request: Request) -> Response:
     except GatewayError as exc:
         return error_page(request, exc)
     lineages = await services.resolver.resolve_rows(page.items)
+    ui_url = services.settings.mlflow_ui_base
     rows = [
-        Row(artifact=a, lineage=lin, created=_when(a.created_at))
+        Row(artifact=a, lineage=lineage_view(lin, ui_url=ui_url), created=_when(a))
         for a, lin in zip(page.items, lineages, strict=True)
     ]
     next_query = None
@@ -196,24 +199,18 @@ class MarketData:
     problem: str | None = None
 
 
-def market_data(row: Artifact, max_bars: int) -> MarketData | None:
-    """A summary of the stored snapshot, a problem description, or None when there is none."""
-    snapshot = snapshot_of(row)
-    if snapshot is None:
+def market_data(summary: SnapshotSummary | None) -> MarketData | None:
+    """The detail page's words for a snapshot summary (None when no snapshot is stored)."""
+    if summary is None:
         return None
-    count = count_bars(snapshot)
-    if count is not None and count > max_bars:
-        return MarketData(count, "", "", "", problem=f"{count} bars, more than {max_bars}")
-    try:
-        frame = load_snapshot(snapshot, max_bars=max_bars)
-    except SnapshotError as exc:
-        return MarketData(0, "", "", "", problem=str(exc))
-    close = float(frame["close"].iloc[-1])
+    if summary.problem is not None or summary.first is None or summary.last is None:
+        return MarketData(summary.bars or 0, "", "", "", problem=summary.problem)
+    close = summary.last_close
     return MarketData(
-        bars=len(frame),
-        first=_bar_time(frame.index[0]),
-        last=_bar_time(frame.index[-1]),
-        last_close=f"{close:,.2f}" if math.isfinite(close) else "not a number",
+        bars=summary.bars or 0,
+        first=_bar_time(summary.first),
+        last=_bar_time(summary.last),
+        last_close=f"{close:,.2f}" if close is not None else "not a number",
     )
 
 
@@ -258,17 +255,6 @@ async def chart_of(services: Services, row: Artifact, source: Source) -> Chart:
     return Chart(row.id, source, image, None)
 
 
-def _lineage_context(services: Services, row: Artifact, lineage: Lineage) -> dict[str, Any]:
-    ui_url = services.settings.mlflow_ui_base
-    return {
-        "lineage": lineage,
-        "unresolved": lineage.status in (LineageStatus.UNRESOLVED, LineageStatus.UNAVAILABLE),
-        "run_url": run_url(ui_url, lineage),
-        "experiment_url": experiment_url(ui_url, lineage),
-        "workflow_id": effective_workflow_id(row),
-    }
-
-
 async def artifact_detail(request: Request) -> Response:
     """GET /ui/artifacts/{id}: lineage banner, chart, market data, LLM text or signal."""
     services = services_of(request)
@@ -276,13 +262,18 @@ async def artifact_detail(request: Request) -> Response:
         row = await load_artifact(services, request.path_params["artifact_id"])
     except GatewayError as exc:
         return error_page(request, exc)
-    lineage = await services.resolver.request().of(row)
+    lineage = lineage_view(
+        await RequestLineage(services.resolver).of(row), ui_url=services.settings.mlflow_ui_base
+    )
     chart = market = None
     if row.artifact_type == ArtifactType.CHART:
         chart = await chart_of(services, row, "auto")
-        market = await anyio.to_thread.run_sync(
-            market_data, row, services.settings.max_snapshot_bars
+        summary = await anyio.to_thread.run_sync(
+            lambda: summarize_snapshot(
+                snapshot_of(row), max_bars=services.settings.max_snapshot_bars
+            )
         )
+        market = market_data(summary)
     unreadable = {
         column: problem
         for column, value in (("metadata", row.meta), ("chart_data", row.chart_data))
@@ -292,12 +283,16 @@ async def artifact_detail(request: Request) -> Response:
         request,
         "artifact_detail.html",
         artifact=row,
-        created=_when(row.created_at),
+        created=_when(row),
         chart=chart,
         market=market,
         meta=meta_dict(row),
         unreadable=unreadable,
-        **_lineage_context(services, row, lineage),
+        lineage=lineage,
+        unresolved=lineage.unresolved,
+        run_url=lineage.run_url,
+        experiment_url=lineage.experiment_url,
+        workflow_id=effective_workflow_id(row),
     )
 
 

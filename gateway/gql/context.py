@@ -4,23 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.engine import Engine
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.lineage import LineageResolver, RequestLineage
-from gateway.observability import Metrics
-from gateway.settings import Settings
+from gateway.services import RequestLineage, Services
 
 
 @dataclass
 class Context:
-    """What resolvers may use: shared services from the lifespan plus per-request state."""
+    """What resolvers may use: the shared services plus this request's lineage batching."""
 
     request: Request
     response: Response | None
-    settings: Settings
-    engine: Engine
-    metrics: Metrics
-    resolver: LineageResolver
+    services: Services
     lineage: RequestLineage

@@ -6,9 +6,9 @@ import base64
 import binascii
 
 from gateway.errors import InvalidInputError
+from gateway.services import MAX_ID
 
 _PREFIX = "artifact:"
-MAX_ID = 2**63 - 1
 
 
 def encode_cursor(artifact_id: int) -> str:

@@ -23,7 +23,7 @@ from strawberry.types import ExecutionContext, Info
 from gateway import repair, repository
 from gateway.errors import GatewayError, InvalidInputError, UnauthorizedError
 from gateway.gql.context import Context
-from gateway.gql.cursors import MAX_ID, decode_cursor, encode_cursor
+from gateway.gql.cursors import decode_cursor, encode_cursor
 from gateway.gql.types import (
     Artifact,
     ArtifactConnection,
@@ -32,6 +32,7 @@ from gateway.gql.types import (
     PageInfo,
     artifact_from_row,
 )
+from gateway.services import check_artifact_id
 
 MAX_DEPTH = 10
 MAX_ALIASES = 15
@@ -45,19 +46,13 @@ MAX_REPAIR_LIMIT = 10_000
 log = structlog.get_logger("gateway.graphql")
 
 
-def _positive_id(value: int, *, name: str = "id") -> int:
-    if value < 1 or value > MAX_ID:
-        raise InvalidInputError(f"{name} must be a positive integer")
-    return value
-
-
 @strawberry.type
 class Query:
     @strawberry.field(description="One artifact by id; null when it does not exist.")
     async def artifact(self, info: Info[Context, None], id: int) -> Artifact | None:
         ctx = info.context
         row = await repository.run_in_session(
-            ctx.engine, repository.get_artifact, artifact_id=_positive_id(id)
+            ctx.services.engine, repository.get_artifact, artifact_id=check_artifact_id(id)
         )
         return artifact_from_row(row) if row is not None else None
 
@@ -76,7 +71,7 @@ class Query:
             raise InvalidInputError(f"first must be between 1 and {MAX_PAGE}")
         after_id = decode_cursor(after) if after is not None else None
         page = await repository.run_in_session(
-            info.context.engine,
+            info.context.services.engine,
             repository.list_artifacts,
             first=first,
             after_id=after_id,
@@ -125,10 +120,10 @@ class RepairReport:
 
 def require_admin(ctx: Context) -> None:
     """Fail closed: no configured token, no header, or a wrong token is refused."""
-    problem = ctx.settings.admin_token_problem()
+    problem = ctx.services.settings.admin_token_problem()
     if problem is not None:
         raise UnauthorizedError(problem)
-    configured = ctx.settings.admin_token
+    configured = ctx.services.settings.admin_token
     assert configured is not None
     header = ctx.request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -154,12 +149,12 @@ class Mutation:
         if ids is not None:
             if len(ids) > MAX_REPAIR_IDS:
                 raise InvalidInputError(f"at most {MAX_REPAIR_IDS} ids per call")
-            ids = [_positive_id(i, name="ids") for i in ids]
+            ids = [check_artifact_id(i, name="ids") for i in ids]
         if limit is not None and not 1 <= limit <= MAX_REPAIR_LIMIT:
             raise InvalidInputError(f"limit must be between 1 and {MAX_REPAIR_LIMIT}")
         report = await repair.repair_lineage(
-            engine=ctx.engine,
-            resolver=ctx.resolver,
+            engine=ctx.services.engine,
+            resolver=ctx.services.resolver,
             ids=ids,
             workflow_id=workflow_id,
             limit=limit if limit is not None else DEFAULT_REPAIR_LIMIT,

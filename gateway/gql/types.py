@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
 import strawberry
 from strawberry.scalars import JSON
 
-from chartkit import SnapshotError, count_bars, load_snapshot
 from gateway import models
 from gateway.errors import UnreadableValueError
 from gateway.gql.context import Context
-from gateway.lineage import LineageSource, LineageStatus, experiment_url, run_url
+from gateway.lineage import LineageSource, LineageStatus, lineage_view
 from gateway.objectstore import ObjectLocation, UrlRefusal, parse_minio_url
-from gateway.rows import effective_workflow_id, json_field, meta_dict, minio_url_of, snapshot_of
+from gateway.rows import (
+    created_at_of,
+    effective_workflow_id,
+    image_url_of,
+    json_field,
+    meta_dict,
+    minio_url_of,
+    snapshot_of,
+)
 from gateway.settings import Settings
+from gateway.snapshots import SnapshotSummary, summarize_snapshot
 
 
 @strawberry.enum(description="What an artifact holds.")
@@ -26,20 +33,6 @@ class ArtifactKind(enum.Enum):
     CHART = "chart"
     LLM = "llm"
     SIGNAL = "signal"
-
-
-def image_url_for(row: models.Artifact) -> str | None:
-    """The gateway's image route for chart artifacts, None for other kinds."""
-    if row.artifact_type == models.ArtifactType.CHART and row.id is not None:
-        return f"/api/artifacts/{row.id}/image"
-    return None
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """The column is UTC by contract; naive values are read as UTC, unreadable ones are None."""
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def kind_of(row: models.Artifact) -> ArtifactKind | None:
@@ -75,28 +68,6 @@ class BarRange:
     last: datetime
 
 
-@dataclass(frozen=True)
-class SnapshotSummary:
-    bars: int | None
-    first: datetime | None
-    last: datetime | None
-
-
-def summarize_snapshot(snapshot: Any, max_bars: int) -> SnapshotSummary:
-    """Bar count and range of a snapshot; counts only (no parse) above max_bars."""
-    if snapshot is None:
-        return SnapshotSummary(None, None, None)
-    counted = count_bars(snapshot)
-    if counted is not None and counted > max_bars:
-        return SnapshotSummary(counted, None, None)
-    try:
-        frame = load_snapshot(snapshot, max_bars=max_bars)
-    except SnapshotError:
-        return SnapshotSummary(None, None, None)
-    first, last = frame.index[0], frame.index[-1]
-    return SnapshotSummary(len(frame), first.to_pydatetime(), last.to_pydatetime())
-
-
 @strawberry.type(description="What QA needs to check a chart against the data it was drawn from.")
 class ChartInfo:
     minio_url: str | None = strawberry.field(
@@ -114,24 +85,28 @@ class ChartInfo:
     )
     spec: JSON | None = strawberry.field(description="The chartkit spec recorded at publish.")
     row: strawberry.Private[models.Artifact]
-    summary: strawberry.Private[list[SnapshotSummary]]
+    summary: strawberry.Private[list[SnapshotSummary | None]]
 
-    async def _summary(self, info: strawberry.Info[Context, None]) -> SnapshotSummary:
+    async def _summary(self, info: strawberry.Info[Context, None]) -> SnapshotSummary | None:
         if not self.summary:  # parsed once per request, whichever field asks first
-            max_bars = info.context.settings.max_snapshot_bars
+            max_bars = info.context.services.settings.max_snapshot_bars
+            snapshot = snapshot_of(self.row)
             self.summary.append(
-                await anyio.to_thread.run_sync(summarize_snapshot, snapshot_of(self.row), max_bars)
+                await anyio.to_thread.run_sync(
+                    lambda: summarize_snapshot(snapshot, max_bars=max_bars)
+                )
             )
         return self.summary[0]
 
     @strawberry.field(description="Bars in metadata.market_data_snapshot; null when unreadable.")
     async def snapshot_bars(self, info: strawberry.Info[Context, None]) -> int | None:
-        return (await self._summary(info)).bars
+        summary = await self._summary(info)
+        return summary.bars if summary is not None else None
 
     @strawberry.field(description="First and last bar of the snapshot; null when unreadable.")
     async def snapshot_range(self, info: strawberry.Info[Context, None]) -> BarRange | None:
         summary = await self._summary(info)
-        if summary.first is None or summary.last is None:
+        if summary is None or summary.first is None or summary.last is None:
             return None
         return BarRange(first=summary.first, last=summary.last)
 
@@ -199,20 +174,22 @@ class Artifact:
     def chart(self, info: strawberry.Info[Context, None]) -> ChartInfo | None:
         if self.row.artifact_type != models.ArtifactType.CHART:
             return None
-        return chart_info(self.row, info.context.settings)
+        return chart_info(self.row, info.context.services.settings)
 
     @strawberry.field(description="How runId/experimentId were obtained; never fails the read.")
     async def lineage(self, info: strawberry.Info[Context, None]) -> Lineage:
-        resolved = await info.context.lineage.of(self.row)
-        ui_url = info.context.settings.mlflow_ui_base
+        view = lineage_view(
+            await info.context.lineage.of(self.row),
+            ui_url=info.context.services.settings.mlflow_ui_base,
+        )
         return Lineage(
-            status=resolved.status,
-            source=resolved.source,
-            reason=resolved.reason,
-            run_id=resolved.run_id,
-            experiment_id=resolved.experiment_id,
-            run_url=run_url(ui_url, resolved),
-            experiment_url=experiment_url(ui_url, resolved),
+            status=view.status,
+            source=view.source,
+            reason=view.reason,
+            run_id=view.run_id,
+            experiment_id=view.experiment_id,
+            run_url=view.run_url,
+            experiment_url=view.experiment_url,
         )
 
 
@@ -233,8 +210,8 @@ def artifact_from_row(row: models.Artifact) -> Artifact:
         type=kind_of(row),
         symbol=row.symbol,
         workflow_id=effective_workflow_id(row),
-        created_at=as_utc(row.created_at),
-        image_url=image_url_for(row),
+        created_at=created_at_of(row),
+        image_url=image_url_of(row),
         row=row,
     )
 

@@ -103,7 +103,7 @@ def test_lookups_wait_for_the_warm_up_instead_of_reporting_mlflow_unavailable() 
         resolver = LineageResolver(SlowToOpenBackend(open_s=0.5), metrics=Metrics(), timeout_s=0.1)
         resolver.start_warm_up(budget_s=10)
         warming = resolver.warming_up
-        lineage = await resolver.request().of(legacy_row())
+        lineage = (await resolver.resolve_rows([legacy_row()]))[0]
         return lineage.status, warming
 
     status, warming = asyncio.run(scenario())
@@ -116,7 +116,7 @@ def test_a_warm_up_past_its_budget_no_longer_holds_lookups() -> None:
         backend = SlowToOpenBackend(open_s=30)
         resolver = LineageResolver(backend, metrics=Metrics(), timeout_s=0.1)
         resolver.start_warm_up(budget_s=0.3)
-        lineage = await resolver.request().of(legacy_row())
+        lineage = (await resolver.resolve_rows([legacy_row()]))[0]
         still_opening = not backend.opened
         resolver.stop_warm_up()
         return lineage.status, still_opening, resolver.warming_up

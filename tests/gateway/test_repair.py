@@ -15,11 +15,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
-from gateway.app import build_resolver, create_app
+from gateway.app import create_app
 from gateway.cli import main as cli_main
 from gateway.models import Artifact
 from gateway.observability import Metrics
 from gateway.repair import repair_lineage
+from gateway.services import build_resolver
 from gateway.settings import Settings
 from tests.servers import RecordingProxy
 

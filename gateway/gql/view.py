@@ -1,0 +1,50 @@
+"""Strawberry's ASGI view with the gateway's typed context and strict JSON both ways."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cross_web import HTTPException as GraphQLHTTPError
+from strawberry.asgi import GraphQL
+
+from gateway.gql.context import Context
+from gateway.gql.schema import build_schema
+from gateway.services import RequestLineage, services_of
+from gateway.settings import Settings
+from gateway.strictjson import RequestJSONError, dumps_bytes, loads_request
+
+
+class GatewayGraphQL(GraphQL[Context, None]):
+    """Strawberry's ASGI app with the gateway's typed context and strict JSON both ways."""
+
+    def parse_json(self, data: str | bytes) -> Any:
+        # Bodies (and GET `variables`) must be strict JSON objects; anything else is a 400 with
+        # the reason, never a 500: `1`, invalid UTF-8, NaN, lone surrogates, deep nesting.
+        try:
+            value = loads_request(data)
+        except RequestJSONError as exc:
+            raise GraphQLHTTPError(400, f"Unable to parse request body as JSON: {exc}") from None
+        if not isinstance(value, (dict, list)):
+            raise GraphQLHTTPError(400, f"Expected a JSON object, got {type(value).__name__}")
+        return value
+
+    def encode_json(self, data: object) -> bytes:
+        return dumps_bytes(data)
+
+    async def get_context(self, request: Any, response: Any) -> Context:
+        services = services_of(request)
+        return Context(
+            request=request,
+            response=response,
+            services=services,
+            lineage=RequestLineage(services.resolver),
+        )
+
+
+def graphql_app(settings: Settings) -> GatewayGraphQL:
+    """The /graphql endpoint: guardrails always, GraphiQL and introspection outside production."""
+    return GatewayGraphQL(
+        build_schema(production=settings.production),
+        graphql_ide=None if settings.production else "graphiql",
+        allow_queries_via_get=True,
+    )

@@ -1,0 +1,145 @@
+"""The services layer: what the lifespan builds once, and the request-level operations on it.
+
+Delivery modules (REST routes, GraphQL, pages, CLI) call down into here; nothing here knows
+about HTTP. `Services` is the container; `load_artifact` and `parse_artifact_id` are the one way
+a path id becomes a row; `RequestLineage` batches one request's lineage lookups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio.to_thread
+import structlog
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import HTTPConnection
+from strawberry.dataloader import DataLoader
+
+from gateway import repository
+from gateway.breaker import CircuitBreaker
+from gateway.db import init_db, make_engine
+from gateway.errors import InvalidInputError, NotFoundError
+from gateway.images import ImageService
+from gateway.lineage import Key, Lineage, LineageResolver, Outcome, resolve_row
+from gateway.mlflow_backend import make_backend
+from gateway.models import Artifact
+from gateway.observability import Metrics
+from gateway.settings import Settings
+
+log = structlog.get_logger("gateway")
+
+# Ids are BIGINT on PostgreSQL: anything larger is malformed, not merely absent.
+MAX_ID = 2**63 - 1
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
+
+
+@dataclass
+class Services:
+    """What the lifespan builds once and every route, resolver and page shares."""
+
+    settings: Settings
+    engine: Engine
+    metrics: Metrics
+    resolver: LineageResolver
+    images: ImageService
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[Services]:
+    """Build the engine, lineage resolver and image service; close them on the way out."""
+    engine = make_engine(settings.database_url)
+    try:
+        await anyio.to_thread.run_sync(init_db, engine)
+    except SQLAlchemyError as exc:
+        # Serve anyway: /readyz says 503 until the database comes back.
+        log.warning("db.unavailable_at_startup", error=str(exc).splitlines()[0])
+    resolver = build_resolver(settings, metrics)
+    resolver.start_warm_up(budget_s=settings.mlflow_warmup_s)
+    images = ImageService(settings=settings, metrics=metrics)
+    problem = settings.admin_token_problem()
+    if problem is not None and settings.admin_token is not None:
+        log.warning("gateway.admin_token_refused", reason=problem)
+    try:
+        yield Services(
+            settings=settings, engine=engine, metrics=metrics, resolver=resolver, images=images
+        )
+    finally:
+        resolver.stop_warm_up()
+        images.close()
+        await resolver.backend.aclose()
+        engine.dispose()
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    """The app's shared services, put in request state by the lifespan."""
+    services: Services = connection.state.services
+    return services
+
+
+def build_resolver(settings: Settings, metrics: Metrics) -> LineageResolver:
+    """The process-wide lineage resolver configured from settings."""
+    return LineageResolver(
+        make_backend(settings.mlflow_tracking_uri, timeout_s=settings.mlflow_timeout_s),
+        metrics=metrics,
+        timeout_s=settings.mlflow_timeout_s,
+        concurrency=settings.mlflow_concurrency,
+        hit_ttl_s=settings.lineage_cache_ttl_s,
+        miss_ttl_s=settings.lineage_miss_ttl_s,
+        breaker=CircuitBreaker(
+            threshold=settings.mlflow_breaker_threshold,
+            cooldown_s=settings.mlflow_breaker_cooldown_s,
+        ),
+    )
+
+
+def parse_artifact_id(raw: str) -> int:
+    """A positive artifact id from a path segment; InvalidInputError otherwise."""
+    if not _DIGITS.match(raw) or not 1 <= int(raw) <= MAX_ID:
+        raise InvalidInputError(f"artifact id must be a positive integer, got {raw[:40]!r}")
+    return int(raw)
+
+
+def check_artifact_id(value: int, *, name: str = "id") -> int:
+    """An id given as an integer argument (GraphQL) within the table's range."""
+    if not 1 <= value <= MAX_ID:
+        raise InvalidInputError(f"{name} must be a positive integer")
+    return value
+
+
+async def load_artifact(services: Services, raw_id: str | int) -> Artifact:
+    """The row for a path id: InvalidInputError when malformed, NotFoundError when absent."""
+    artifact_id = raw_id if isinstance(raw_id, int) else parse_artifact_id(raw_id)
+    row = await repository.run_in_session(
+        services.engine, repository.get_artifact, artifact_id=artifact_id
+    )
+    if row is None:
+        raise NotFoundError(f"artifact {artifact_id} does not exist")
+    return row
+
+
+class RequestLineage:
+    """One request's view of lineage: lookups batched by a DataLoader, each row resolved once."""
+
+    def __init__(self, resolver: LineageResolver) -> None:
+        self.resolver = resolver
+        self._loader: DataLoader[Key, Outcome] = DataLoader(load_fn=resolver.load_batch)
+        self._memo: dict[int, asyncio.Task[Lineage]] = {}
+
+    def of(self, row: Artifact) -> Awaitable[Lineage]:
+        """The row's lineage; several fields of one artifact share a single resolution."""
+        key = row.id if row.id is not None else id(row)
+        task = self._memo.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._resolve(row))
+            self._memo[key] = task
+        return task
+
+    async def _resolve(self, row: Artifact) -> Lineage:
+        lineage = await resolve_row(row, self._loader.load)
+        self.resolver.record(row, lineage)
+        return lineage

@@ -1,96 +1,32 @@
-"""MinIO access for chart images: strict URL parsing (no SSRF) and a bounded, deadline-bound read.
+"""MinIO access for chart images: the client, bounded PNG reads, and an async reader whose
+deadline really ends a read (the socket of a dripping server is cut, freeing the worker thread).
 
-A stored `minio_url` is never requested as is. It is parsed into (bucket, key) and the object is
-read with the service's own client and credentials, from the configured endpoint only.
+Locations come from `gateway.minio_urls`; a stored URL is never requested as is.
 """
 
 from __future__ import annotations
 
-import re
 import socket
 import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
+import anyio
+import anyio.to_thread
 import urllib3
 from minio import Minio
 from minio.error import S3Error
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from gateway.minio_urls import ObjectLocation
 from gateway.settings import Settings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_MAX_URL = 2048
-_MAX_KEY = 1024
 _CHUNK = 64 * 1024
 _MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"}
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectLocation:
-    """Where a chart lives in the object store."""
-
-    bucket: str
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class UrlRefusal:
-    """Why a stored URL will not be fetched."""
-
-    reason: str
-
-
-def parse_minio_url(url: Any, settings: Settings) -> ObjectLocation | UrlRefusal:
-    """(bucket, key) from `s3://b/k`, `minio://b/k`, `http(s)://<endpoint>/b/k` or `b/k`.
-
-    Anything else is refused with a reason: another host or port, user info, traversal
-    (`..`, backslash, encoded dots or slashes, NUL), odd bucket names, or a bucket outside
-    MINIO_ALLOWED_BUCKETS. Query strings (presigned URLs) are ignored.
-    """
-    if not isinstance(url, str) or not url.strip():
-        return UrlRefusal("minio_url is missing or not a string")
-    if len(url) > _MAX_URL:
-        return UrlRefusal("minio_url is too long")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url) or "\\" in url:
-        return UrlRefusal("minio_url contains control characters or backslashes")
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError:
-        return UrlRefusal("minio_url is malformed")
-    scheme = parts.scheme.lower()
-    if scheme in ("s3", "minio"):
-        if "@" in parts.netloc or ":" in parts.netloc:
-            return UrlRefusal("minio_url has user info or a port where the bucket belongs")
-        bucket, raw_key = parts.netloc, parts.path.removeprefix("/")
-    elif scheme in ("http", "https"):
-        if "@" in parts.netloc:
-            return UrlRefusal("minio_url has user info")
-        endpoint = (settings.minio_endpoint or "").lower()
-        if not endpoint or parts.netloc.lower() != endpoint:
-            return UrlRefusal("minio_url names a host other than the configured MinIO endpoint")
-        bucket, _, raw_key = parts.path.removeprefix("/").partition("/")
-    elif scheme == "" and not parts.netloc:
-        bucket, _, raw_key = parts.path.partition("/")
-    else:
-        return UrlRefusal(f"minio_url scheme {scheme!r} is not accepted")
-    if not _BUCKET.match(bucket) or ".." in bucket:
-        return UrlRefusal("minio_url has no valid bucket")
-    if bucket not in settings.minio_allowed_buckets:
-        return UrlRefusal(f"bucket {bucket!r} is not in MINIO_ALLOWED_BUCKETS")
-    key = unquote(raw_key)
-    if "%" in key:  # double encoding: one decode is all a key ever needs
-        return UrlRefusal("minio_url key is encoded more than once")
-    if not key or len(key) > _MAX_KEY or key.startswith("/"):
-        return UrlRefusal("minio_url has no valid object key")
-    if "\\" in key or "\x00" in key or any(seg in ("..", ".") for seg in key.split("/")):
-        return UrlRefusal("minio_url key attempts path traversal")
-    return ObjectLocation(bucket=bucket, key=key)
 
 
 class SocketRegistry:
@@ -262,3 +198,59 @@ def _classify(exc: Exception) -> FetchFailure:
     if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
         return FetchFailure("timeout", text[:200])
     return FetchFailure("minio_error", text[:200])
+
+
+class ObjectReader:
+    """Async reads of chart objects within an overall deadline, from worker threads.
+
+    When the deadline passes, the socket the worker thread is reading from is shut down, so the
+    thread returns at once instead of serving a dripping server for as long as it likes.
+    """
+
+    def __init__(self, client: Minio, *, registry: SocketRegistry, settings: Settings) -> None:
+        self.client = client
+        self._sockets = registry
+        self._max_bytes = settings.minio_max_object_bytes
+        self._deadline_s = settings.minio_read_deadline_s
+
+    async def etag(self, location: ObjectLocation) -> str | FetchFailure:
+        """The object's ETag (a `stat`, no body), or why not."""
+        result: str | FetchFailure = await self._run(object_etag, self.client, location)
+        return result
+
+    async def read_png(self, location: ObjectLocation) -> FetchedObject | FetchFailure:
+        """The object's bytes, checked to be a PNG within the size cap, or why not."""
+        result: FetchedObject | FetchFailure = await self._run(
+            fetch_png,
+            self.client,
+            location,
+            max_bytes=self._max_bytes,
+            deadline_s=self._deadline_s,
+        )
+        return result
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline = self._deadline_s + 1
+        worker: list[int] = []
+
+        def call() -> Any:
+            worker.append(threading.get_ident())
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._sockets.forget(worker[0])
+
+        try:
+            with anyio.fail_after(deadline):
+                return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        except TimeoutError:
+            if worker:  # free the worker thread too, not just this request
+                self._sockets.cut(worker[0])
+            return FetchFailure("timeout", f"MinIO did not answer within {deadline} s")
+
+
+def make_reader(settings: Settings) -> ObjectReader | None:
+    """A reader on the configured MinIO, or None when MINIO_ENDPOINT is not set."""
+    registry = SocketRegistry()
+    client = make_client(settings, registry=registry)
+    return ObjectReader(client, registry=registry, settings=settings) if client else None

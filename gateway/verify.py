@@ -23,8 +23,9 @@ from sqlmodel import Session
 
 from chartkit import SnapshotError, count_bars, render_chart
 from gateway import repository
+from gateway.minio_urls import ObjectLocation, parse_minio_url
 from gateway.models import Artifact, ArtifactType
-from gateway.objectstore import FetchFailure, ObjectLocation, fetch_png, parse_minio_url
+from gateway.objectstore import FetchFailure, fetch_png
 from gateway.observability import Metrics
 from gateway.rows import chart_spec_for, minio_url_of, snapshot_of
 from gateway.settings import Settings

@@ -14,7 +14,7 @@ from gateway import models
 from gateway.errors import UnreadableValueError
 from gateway.gql.context import Context
 from gateway.lineage import LineageSource, LineageStatus, lineage_view
-from gateway.objectstore import ObjectLocation, UrlRefusal, parse_minio_url
+from gateway.minio_urls import ObjectLocation, UrlRefusal, parse_minio_url
 from gateway.rows import (
     created_at_of,
     effective_workflow_id,

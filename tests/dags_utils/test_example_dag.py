@@ -29,8 +29,8 @@ from chartkit import ChartSpec, SnapshotError, load_snapshot, random_walk_bars, 
 from dags_utils import chart_object_key, publish_chart
 from examples.market_analysis import tasks
 from gateway.app import create_app
+from gateway.minio_urls import ObjectLocation, parse_minio_url
 from gateway.models import Artifact
-from gateway.objectstore import ObjectLocation, parse_minio_url
 from gateway.settings import Settings
 from tests.servers import s3_client
 

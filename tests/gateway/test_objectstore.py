@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from gateway.objectstore import ObjectLocation, UrlRefusal, parse_minio_url
+from gateway.minio_urls import ObjectLocation, UrlRefusal, parse_minio_url
 from gateway.settings import Settings
 
 SETTINGS = Settings(

@@ -1,0 +1,55 @@
+"""Chart renders off the event loop: a bounded pool, a bounded queue, and a deadline.
+
+A queued render still answers within `GATEWAY_RENDER_TIMEOUT_S` (waiting counts), so a deep
+queue cannot hold a request longer than one render deadline; past the queue bound, new renders
+are refused at once (503 + Retry-After at the edge). The pool is threads today; it is the one
+place to change for worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import chartkit
+from chartkit import ChartSpec
+from gateway.errors import OverloadedError, RenderTimeoutError
+from gateway.observability import Metrics
+from gateway.settings import Settings
+
+
+class Renderer:
+    """Renders chart PNGs with chartkit for one app (one per process)."""
+
+    def __init__(self, *, settings: Settings, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.timeout_s = settings.render_timeout_s
+        self.max_snapshot_bars = settings.max_snapshot_bars
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.render_concurrency, thread_name_prefix="render"
+        )
+        # Renders waiting or running; past this, new renders are refused instead of queued.
+        self._slots = asyncio.Semaphore(max(settings.render_queue, 1))
+
+    async def render(self, snapshot: Any, spec: ChartSpec) -> bytes:
+        """PNG bytes; SnapshotError, OverloadedError (queue full) or RenderTimeoutError."""
+        if self._slots.locked():
+            raise OverloadedError("too many charts are being rendered; retry shortly")
+        async with self._slots:
+            started = time.perf_counter()
+            future = self._pool.submit(
+                chartkit.render_chart, snapshot, spec, max_snapshot_bars=self.max_snapshot_bars
+            )
+            try:
+                return await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.timeout_s)
+            except TimeoutError:
+                future.cancel()
+                raise RenderTimeoutError("chart rendering timed out") from None
+            finally:
+                self.metrics.chart_render_seconds.observe(time.perf_counter() - started)
+
+    def close(self) -> None:
+        """Stop the pool (running renders finish)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -4,7 +4,7 @@ A library: no web, no database, no pyplot, no global state.
 """
 
 from chartkit import indicators
-from chartkit.render import THEMES, render_chart, resample_bars
+from chartkit.render import render_chart, resample_bars
 from chartkit.sample import random_walk_bars
 from chartkit.snapshot import (
     SnapshotError,
@@ -14,6 +14,7 @@ from chartkit.snapshot import (
     load_snapshot,
 )
 from chartkit.spec import ChartSpec
+from chartkit.theme import THEMES
 
 # Bumped whenever the same inputs would render different bytes (cache keys include it).
 __version__ = "1.0.0"

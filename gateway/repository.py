@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import anyio.to_thread
-from sqlalchemy import ColumnElement, and_, case, func, or_, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, text, update
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
@@ -52,6 +52,12 @@ def _dialect(session: Session) -> str:
 def missing_lineage_expr() -> ColumnElement[bool]:
     """SQL for rows lacking either lineage id."""
     return or_(col(Artifact.run_id).is_(None), col(Artifact.experiment_id).is_(None))
+
+
+def ping(engine: Engine) -> None:
+    """Raise unless the database answers a trivial query (readiness)."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
 
 
 def get_artifact(session: Session, *, artifact_id: int) -> Artifact | None:

@@ -8,11 +8,10 @@ from typing import Any, cast
 import anyio
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import repository
 from gateway.errors import InvalidInputError
 from gateway.images import Source
 from gateway.lineage import Lineage, LineageView, lineage_view
@@ -81,11 +80,6 @@ async def healthz(_request: Request) -> Response:
     return StrictJSONResponse({"status": "ok"})
 
 
-def _ping(engine: Engine) -> None:
-    with engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
-
-
 async def readyz(request: Request) -> Response:
     """Ready: the database answers and lineage has finished opening MLflow; 503 otherwise.
 
@@ -95,7 +89,7 @@ async def readyz(request: Request) -> Response:
     services = services_of(request)
     try:
         with anyio.fail_after(READY_TIMEOUT_S):
-            await anyio.to_thread.run_sync(_ping, services.engine, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(repository.ping, services.engine, abandon_on_cancel=True)
     except Exception as exc:
         return StrictJSONResponse(
             {"status": "unavailable", "database": type(exc).__name__}, status_code=503

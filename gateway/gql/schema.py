@@ -188,12 +188,17 @@ def is_client_error(error: GraphQLError) -> bool:
 
 
 class GatewaySchema(strawberry.Schema):
-    """Schema that logs each error once through structlog (with the bound request id)."""
+    """Schema that logs and counts each error once (`gateway_graphql_errors_total{kind}`)."""
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
+        context = execution_context.context if execution_context is not None else None
+        metrics = context.services.metrics if isinstance(context, Context) else None
         for error in errors:
+            if metrics is not None:
+                kind = "client" if is_client_error(error) else "unexpected"
+                metrics.graphql_errors.labels(kind).inc()
             if is_client_error(error):
                 log.info("graphql.client_error", message=error.message, path=error.path)
             else:

@@ -160,3 +160,10 @@ def test_mutations_over_get_are_refused(prod: TestClient) -> None:
     response = prod.get("/graphql", params={"query": "mutation { repairLineage { scanned } }"})
     assert response.status_code == 400
     assert "mutations are not allowed when using GET" in response.text
+
+
+def test_graphql_errors_are_counted_by_kind(prod: TestClient) -> None:
+    prod.post("/graphql", json={"query": "{ artifact(id: -1) { id } }"})
+    prod.post("/graphql", json={"query": "{ nope }"})
+    metrics = prod.get("/metrics").text
+    assert 'gateway_graphql_errors_total{kind="client"} 2.0' in metrics

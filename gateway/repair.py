@@ -134,28 +134,36 @@ async def repair_lineage(
         after_id = rows[-1].id
         if remaining is not None:
             remaining -= len(rows)
-        # Rows the caller named that are already linked are reported, never re-resolved.
-        pending = [r for r in rows if not (r.run_id and r.experiment_id)]
-        for row in rows:
-            if row.run_id and row.experiment_id:
-                report.add(
-                    RepairItem(
-                        _row_id(row),
-                        RepairOutcome.ALREADY_LINKED,
-                        row.run_id,
-                        row.experiment_id,
-                    )
-                )
-        lineages = await resolver.resolve_rows(pending)
-        writable = [(row, lin) for row, lin in zip(pending, lineages, strict=True) if lin.linked]
-        written: dict[int, bool] = {}
-        if writable and not dry_run:
-            flags = await repository.run_in_session(engine, _write, pairs=writable)
-            written = {_row_id(row): flag for (row, _), flag in zip(writable, flags, strict=True)}
-        for row, lineage in zip(pending, lineages, strict=True):
-            report.add(_item(row, lineage, dry_run=dry_run, written=written.get(_row_id(row))))
+        await _repair_batch(rows, engine=engine, resolver=resolver, report=report)
         if on_batch is not None:
             on_batch(report)
+    await _finish(report, engine=engine, resolver=resolver)
+    return report
+
+
+async def _repair_batch(
+    rows: list[Artifact], *, engine: Engine, resolver: LineageResolver, report: RepairReport
+) -> None:
+    # Rows the caller named that are already linked are reported, never re-resolved.
+    pending = [r for r in rows if not (r.run_id and r.experiment_id)]
+    for row in rows:
+        if row.run_id and row.experiment_id:
+            report.add(
+                RepairItem(
+                    _row_id(row), RepairOutcome.ALREADY_LINKED, row.run_id, row.experiment_id
+                )
+            )
+    lineages = await resolver.resolve_rows(pending)
+    writable = [(row, lin) for row, lin in zip(pending, lineages, strict=True) if lin.linked]
+    written: dict[int, bool] = {}
+    if writable and not report.dry_run:
+        flags = await repository.run_in_session(engine, _write, pairs=writable)
+        written = {_row_id(row): flag for (row, _), flag in zip(writable, flags, strict=True)}
+    for row, lineage in zip(pending, lineages, strict=True):
+        report.add(_item(row, lineage, dry_run=report.dry_run, written=written.get(_row_id(row))))
+
+
+async def _finish(report: RepairReport, *, engine: Engine, resolver: LineageResolver) -> None:
     for item in report.items:
         resolver.metrics.lineage_repairs.labels(item.outcome.value).inc()
     resolver.metrics.missing_lineage.set(
@@ -163,14 +171,13 @@ async def repair_lineage(
     )
     log.info(
         "lineage.repair_finished",
-        dry_run=dry_run,
+        dry_run=report.dry_run,
         scanned=report.scanned,
         repaired=report.repaired,
         already_linked=report.already_linked,
         unresolved=report.unresolved,
         unavailable=report.unavailable,
     )
-    return report
 
 
 def _item(row: Artifact, lineage: Lineage, *, dry_run: bool, written: bool | None) -> RepairItem:

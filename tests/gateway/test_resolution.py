@@ -1,0 +1,94 @@
+"""The resolution order as a pure function, with dict-backed lookups instead of MLflow."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway.lineage import (
+    Key,
+    Lineage,
+    LineageSource,
+    LineageStatus,
+    Outcome,
+    Unavailable,
+    decide,
+    resolve_row,
+)
+from gateway.mlflow_backend import RunRef
+from gateway.models import Artifact
+
+RUN = RunRef("run-1", "7")
+LATEST = RunRef("run-9", "7")
+
+
+def row(**fields: Any) -> Artifact:
+    return Artifact(id=1, name="a", artifact_type="chart", **fields)
+
+
+def resolve(artifact: Artifact, outcomes: dict[Key, Outcome]) -> tuple[Lineage, list[Key]]:
+    asked: list[Key] = []
+
+    async def load(key: Key) -> Outcome:
+        asked.append(key)
+        return outcomes.get(key)
+
+    return asyncio.run(resolve_row(artifact, load)), asked
+
+
+def test_stored_ids_need_no_lookup() -> None:
+    lineage, asked = resolve(row(run_id="r", experiment_id="e"), {})
+    assert lineage == Lineage(LineageStatus.STORED, LineageSource.ROW, "r", "e")
+    assert asked == []
+
+
+def test_metadata_run_id_wins_over_the_workflow() -> None:
+    artifact = row(workflow_id="wf", meta={"mlflow_run_id": "run-1"})
+    lineage, asked = resolve(artifact, {("run", "run-1"): RUN, ("workflow", "wf"): LATEST})
+    assert lineage == Lineage(LineageStatus.HYDRATED, LineageSource.METADATA_RUN_ID, "run-1", "7")
+    assert asked == [("run", "run-1")]
+
+
+def test_an_unknown_run_id_falls_through_to_the_workflow() -> None:
+    artifact = row(meta={"mlflow_run_id": "gone", "dag_run_id": "wf"})
+    lineage, asked = resolve(artifact, {("workflow", "wf"): LATEST})
+    assert lineage == Lineage(LineageStatus.HYDRATED, LineageSource.WORKFLOW_TAG, "run-9", "7")
+    assert asked == [("run", "gone"), ("workflow", "wf")]
+
+
+def test_a_stored_run_id_without_experiment_looks_up_only_that_run() -> None:
+    lineage, asked = resolve(row(run_id="run-1", workflow_id="wf"), {("run", "run-1"): RUN})
+    assert lineage.source is LineageSource.ROW
+    assert asked == [("run", "run-1")]
+
+
+def test_nothing_found_is_unresolved_with_every_reason() -> None:
+    lineage, _ = resolve(row(workflow_id="wf", meta={"mlflow_run_id": "gone"}), {})
+    assert lineage.status is LineageStatus.UNRESOLVED
+    assert lineage.reason == "MLflow run gone not found; no MLflow run tagged workflow_id=wf"
+
+
+def test_no_keys_at_all_is_unresolved_without_a_lookup() -> None:
+    lineage, asked = resolve(row(), {})
+    assert lineage == Lineage(
+        LineageStatus.UNRESOLVED, reason="artifact has no run id and no workflow id"
+    )
+    assert asked == []
+
+
+def test_an_unavailable_lookup_stops_the_walk() -> None:
+    artifact = row(workflow_id="wf", meta={"mlflow_run_id": "run-1"})
+    lineage, asked = resolve(artifact, {("run", "run-1"): Unavailable("MLflow did not answer")})
+    assert lineage.status is LineageStatus.UNAVAILABLE
+    assert lineage.reason == "MLflow did not answer"
+    assert asked == [("run", "run-1")]
+
+
+@pytest.mark.parametrize(
+    ("known", "expected"),
+    [({}, ("run", "run-1")), ({("run", "run-1"): None}, ("workflow", "wf"))],
+)
+def test_decide_names_the_next_key_to_look_up(known: dict[Key, Outcome], expected: Key) -> None:
+    assert decide(row(workflow_id="wf", meta={"mlflow_run_id": "run-1"}), known) == expected

@@ -127,15 +127,9 @@ class Served:
         self.process.wait(timeout=15)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--misses", type=int, default=60)
-    args = parser.parse_args()
-    configure_logging(log_format="json", level="error")
+def start_object_store() -> tuple[ThreadedMotoServer, str, Minio, bytes]:
+    """moto's S3 server with one stored 500-bar chart; returns (server, endpoint, client, png)."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
-    root = Path(tempfile.mkdtemp(prefix="bench-image-"))
     port = free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()
@@ -146,38 +140,91 @@ def main() -> None:
     minio.put_object(
         "charts", "bench/chart.png", io.BytesIO(png), len(png), content_type="image/png"
     )
+    return moto, endpoint, minio, png
 
-    db_url = f"sqlite:///{root / 'gw.db'}"
+
+def seed_rows(db_url: str, *, misses: int) -> None:
+    """One cached chart (id 1), `misses` proxied ones (100+), 12 to regenerate (1000+)."""
     engine = make_engine(db_url)
     init_db(engine)
+    stored = {"minio_url": "s3://charts/bench/chart.png"}
     with Session(engine) as session:
-        session.add(
-            Artifact(
-                id=1,
-                name="hit",
-                artifact_type="chart",
-                chart_data={"minio_url": "s3://charts/bench/chart.png"},
-            )
-        )
-        for i in range(args.misses):
-            session.add(
-                Artifact(
-                    id=100 + i,
-                    name="miss",
-                    artifact_type="chart",
-                    chart_data={"minio_url": "s3://charts/bench/chart.png"},
-                )
-            )
+        session.add(Artifact(id=1, name="hit", artifact_type="chart", chart_data=stored))
+        for i in range(misses):
+            session.add(Artifact(id=100 + i, name="miss", artifact_type="chart", chart_data=stored))
         for i in range(12):
-            session.add(
-                Artifact(
-                    id=1000 + i,
-                    name="render",
-                    artifact_type="chart",
-                    meta={"market_data_snapshot": random_walk_bars(300, seed=i)},
-                )
-            )
+            snapshot = {"market_data_snapshot": random_walk_bars(300, seed=i)}
+            session.add(Artifact(id=1000 + i, name="render", artifact_type="chart", meta=snapshot))
         session.commit()
+    engine.dispose()
+
+
+def time_misses(url: str, minio: Minio, png: bytes, misses: int) -> tuple[list[float], list[float]]:
+    """Per-request seconds of proxied misses through the gateway, and of direct get_object."""
+    proxied = []
+    with httpx.Client(timeout=30) as http:
+        for i in range(misses):
+            started = time.perf_counter()
+            response = http.get(f"{url}/api/artifacts/{100 + i}/image")
+            proxied.append(time.perf_counter() - started)
+            assert response.headers["x-cache"] == "miss"
+            assert response.content == png
+    direct = []
+    for _ in range(misses):
+        started = time.perf_counter()
+        obj = minio.get_object("charts", "bench/chart.png")
+        obj.read()
+        obj.close()
+        obj.release_conn()
+        direct.append(time.perf_counter() - started)
+    return proxied, direct
+
+
+async def render_rate(url: str) -> float:
+    """Charts regenerated per second, 12 distinct charts over 4 clients."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        started = time.perf_counter()
+        sem = asyncio.Semaphore(4)
+
+        async def one(i: int) -> None:
+            async with sem:
+                r = await client.get(f"{url}/api/artifacts/{1000 + i}/image")
+                assert r.headers["x-chart-source"] == "regenerated"
+
+        await asyncio.gather(*(one(i) for i in range(12)))
+        return 12 / (time.perf_counter() - started)
+
+
+def report(
+    hits: float, plain: float, proxied: list[float], direct: list[float], renders: float
+) -> None:
+    """The table: each figure beside its baseline from the same run."""
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"{'case':<44} {'value':>14} {'baseline':>14} {'ratio':>7}")
+    print(
+        f"{'cache hits, req/s (32 clients)':<44} {hits:>14.0f} {plain:>14.0f} {hits / plain:>7.2f}"
+        "   baseline: plain Starlette route, same bytes, own uvicorn process"
+    )
+    p_med, d_med = statistics.median(proxied), statistics.median(direct)
+    print(
+        f"{'MinIO-proxied miss, median ms':<44} {p_med * 1000:>14.1f} {d_med * 1000:>14.1f} "
+        f"{p_med / d_med:>7.2f}   baseline: direct minio get_object"
+    )
+    print(f"{'regeneration, charts/s (300 bars, 4 clients)':<44} {renders:>14.1f}")
+    print(f"peak RSS of the server processes: {peak_mb:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--misses", type=int, default=60)
+    args = parser.parse_args()
+    configure_logging(log_format="json", level="error")
+    root = Path(tempfile.mkdtemp(prefix="bench-image-"))
+    moto, endpoint, minio, png = start_object_store()
+    db_url = f"sqlite:///{root / 'gw.db'}"
+    seed_rows(db_url, misses=args.misses)
     settings = Settings(
         database_url=db_url,
         minio_endpoint=endpoint,
@@ -186,7 +233,6 @@ def main() -> None:
         mlflow_tracking_uri=f"sqlite:///{root / 'm.db'}",
         render_concurrency=2,
     )
-
     (root / "chart.png").write_bytes(png)
     # Both run as their own uvicorn process (one worker each), as in production.
     baseline_server = Served(
@@ -201,52 +247,10 @@ def main() -> None:
             load(f"{gateway.url}/api/artifacts/1/image", clients=args.clients, seconds=args.seconds)
         )
         plain = asyncio.run(load(f"{baseline.url}/png", clients=args.clients, seconds=args.seconds))
-
-        proxied = []
-        with httpx.Client(timeout=30) as http:
-            for i in range(args.misses):
-                started = time.perf_counter()
-                response = http.get(f"{gateway.url}/api/artifacts/{100 + i}/image")
-                proxied.append(time.perf_counter() - started)
-                assert response.headers["x-cache"] == "miss"
-                assert response.content == png
-        direct = []
-        for _ in range(args.misses):
-            started = time.perf_counter()
-            obj = minio.get_object("charts", "bench/chart.png")
-            obj.read()
-            obj.close()
-            obj.release_conn()
-            direct.append(time.perf_counter() - started)
-
-        async def renders() -> float:
-            async with httpx.AsyncClient(timeout=60) as client:
-                started = time.perf_counter()
-                sem = asyncio.Semaphore(4)
-
-                async def one(i: int) -> None:
-                    async with sem:
-                        r = await client.get(f"{gateway.url}/api/artifacts/{1000 + i}/image")
-                        assert r.headers["x-chart-source"] == "regenerated"
-
-                await asyncio.gather(*(one(i) for i in range(12)))
-                return 12 / (time.perf_counter() - started)
-
-        render_rate = asyncio.run(renders())
+        proxied, direct = time_misses(gateway.url, minio, png, args.misses)
+        renders = asyncio.run(render_rate(gateway.url))
     moto.stop()
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"{'case':<44} {'value':>14} {'baseline':>14} {'ratio':>7}")
-    print(
-        f"{'cache hits, req/s (32 clients)':<44} {hits:>14.0f} {plain:>14.0f} {hits / plain:>7.2f}"
-        "   baseline: plain Starlette route, same bytes, own uvicorn process"
-    )
-    p_med, d_med = statistics.median(proxied), statistics.median(direct)
-    print(
-        f"{'MinIO-proxied miss, median ms':<44} {p_med * 1000:>14.1f} {d_med * 1000:>14.1f} "
-        f"{p_med / d_med:>7.2f}   baseline: direct minio get_object"
-    )
-    print(f"{'regeneration, charts/s (300 bars, 4 clients)':<44} {render_rate:>14.1f}")
-    print(f"peak RSS of the server processes: {peak_mb:.0f} MiB")
+    report(hits, plain, proxied, direct, renders)
 
 
 if __name__ == "__main__":

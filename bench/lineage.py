@@ -29,7 +29,8 @@ from gateway.observability import Metrics, configure_logging
 from gateway.repair import repair_lineage
 from gateway.services import build_resolver
 from gateway.settings import Settings
-from tests.servers import MlflowServer, RecordingProxy
+from tests.faults import RecordingProxy
+from tests.servers import MlflowServer
 
 PAGE = "{ artifacts(first: 100) { edges { node { id runId experimentId lineage { status } } } } }"
 
@@ -49,6 +50,118 @@ def read_page(client: TestClient) -> None:
     assert len(body["data"]["artifacts"]["edges"]) == 100
 
 
+def seed_pages(root: Path, mlflow: MlflowClient) -> tuple[str, str, list[str]]:
+    """Two databases with the same 100 rows over 5 workflows: legacy and with stored ids."""
+    experiment = str(mlflow.create_experiment(f"bench-{uuid.uuid4().hex[:6]}"))
+    workflows = [f"wf-{i}-{uuid.uuid4().hex[:6]}" for i in range(50)]
+    runs = {
+        wf: mlflow.create_run(experiment, tags={"workflow_id": wf}).info.run_id for wf in workflows
+    }
+    legacy_url = f"sqlite:///{root / 'legacy.db'}"
+    stored_url = f"sqlite:///{root / 'stored.db'}"
+    seed(
+        legacy_url,
+        [
+            Artifact(name=f"a{i}", artifact_type="llm", workflow_id=workflows[i % 5])
+            for i in range(100)
+        ],
+    )
+    seed(
+        stored_url,
+        [
+            Artifact(
+                name=f"a{i}",
+                artifact_type="llm",
+                workflow_id=workflows[i % 5],
+                run_id=runs[workflows[i % 5]],
+                experiment_id=experiment,
+            )
+            for i in range(100)
+        ],
+    )
+    return legacy_url, stored_url, workflows
+
+
+def page_figures(
+    base: Settings, proxy: RecordingProxy, legacy_url: str, stored_url: str, repeat: int
+) -> None:
+    """Cold and warm legacy pages against the stored page; medians, ratios, MLflow requests."""
+
+    def timed(client: TestClient) -> tuple[float, int]:
+        proxy.reset()
+        started = time.perf_counter()
+        read_page(client)
+        return time.perf_counter() - started, len(proxy.paths("/api/2.0/mlflow/"))
+
+    def app(url: str) -> TestClient:
+        return TestClient(create_app(base.model_copy(update={"database_url": url})))
+
+    cold, cold_requests = [], []
+    for _ in range(repeat):
+        with app(legacy_url) as c:
+            seconds, requests = timed(c)
+        cold.append(seconds)
+        cold_requests.append(requests)
+    with app(legacy_url) as c:
+        timed(c)
+        warm_samples = [timed(c) for _ in range(repeat)]
+    with app(stored_url) as c:
+        timed(c)
+        stored_samples = [timed(c) for _ in range(repeat)]
+    warm = statistics.median(s for s, _ in warm_samples)
+    baseline = statistics.median(s for s, _ in stored_samples)
+    cold_median = statistics.median(cold)
+    print("page of 100 artifacts via GraphQL (in-process ASGI), medians of", repeat)
+    print(f"{'case':<34} {'median ms':>10} {'vs stored':>10} {'MLflow requests':>16}")
+    print(
+        f"{'stored lineage (baseline)':<34} {baseline * 1000:>10.1f} {1.0:>10.2f} "
+        f"{max(r for _, r in stored_samples):>16}"
+    )
+    print(
+        f"{'legacy, cold cache (new app)':<34} {cold_median * 1000:>10.1f} "
+        f"{cold_median / baseline:>10.2f} {max(cold_requests):>16}"
+    )
+    print(
+        f"{'legacy, warm cache':<34} {warm * 1000:>10.1f} "
+        f"{warm / baseline:>10.2f} {max(r for _, r in warm_samples):>16}"
+    )
+
+
+def repair_figure(
+    base: Settings, proxy: RecordingProxy, root: Path, workflows: list[str], rows: int
+) -> None:
+    """Rows per second of a repair over `rows` legacy rows, and the MLflow requests it made."""
+    repair_url = f"sqlite:///{root / 'repair.db'}"
+    seed(
+        repair_url,
+        [
+            Artifact(name=f"r{i}", artifact_type="llm", workflow_id=workflows[i % len(workflows)])
+            for i in range(rows)
+        ],
+    )
+    engine = make_engine(repair_url)
+    settings = base.model_copy(update={"database_url": repair_url})
+
+    async def repair() -> int:
+        resolver = build_resolver(settings, Metrics())
+        try:
+            report = await repair_lineage(engine=engine, resolver=resolver, batch_size=500)
+        finally:
+            await resolver.backend.aclose()
+        return report.repaired
+
+    proxy.reset()
+    started = time.perf_counter()
+    repaired = asyncio.run(repair())
+    elapsed = time.perf_counter() - started
+    print(
+        f"repair: {repaired} rows over {len(workflows)} workflows in {elapsed:.2f} s = "
+        f"{repaired / elapsed:,.0f} rows/s; MLflow requests: "
+        f"{len(proxy.paths('/api/2.0/mlflow/'))}"
+    )
+    engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=15)
@@ -61,104 +174,10 @@ def main() -> None:
     proxy = RecordingProxy(server.url).start()
     try:
         mlflow = MlflowClient(tracking_uri=server.url)
-        experiment = str(mlflow.create_experiment(f"bench-{uuid.uuid4().hex[:6]}"))
-        workflows = [f"wf-{i}-{uuid.uuid4().hex[:6]}" for i in range(50)]
-        runs = {
-            wf: mlflow.create_run(experiment, tags={"workflow_id": wf}).info.run_id
-            for wf in workflows
-        }
-
-        legacy_url = f"sqlite:///{root / 'legacy.db'}"
-        stored_url = f"sqlite:///{root / 'stored.db'}"
-        seed(
-            legacy_url,
-            [
-                Artifact(name=f"a{i}", artifact_type="llm", workflow_id=workflows[i % 5])
-                for i in range(100)
-            ],
-        )
-        seed(
-            stored_url,
-            [
-                Artifact(
-                    name=f"a{i}",
-                    artifact_type="llm",
-                    workflow_id=workflows[i % 5],
-                    run_id=runs[workflows[i % 5]],
-                    experiment_id=experiment,
-                )
-                for i in range(100)
-            ],
-        )
+        legacy_url, stored_url, workflows = seed_pages(root, mlflow)
         base = Settings(mlflow_tracking_uri=proxy.url, mlflow_timeout_s=5.0)
-
-        def timed(client: TestClient) -> tuple[float, int]:
-            proxy.reset()
-            started = time.perf_counter()
-            read_page(client)
-            return time.perf_counter() - started, len(proxy.paths("/api/2.0/mlflow/"))
-
-        cold, cold_requests = [], []
-        for _ in range(args.repeat):
-            with TestClient(create_app(base.model_copy(update={"database_url": legacy_url}))) as c:
-                seconds, requests = timed(c)
-            cold.append(seconds)
-            cold_requests.append(requests)
-        with TestClient(create_app(base.model_copy(update={"database_url": legacy_url}))) as c:
-            timed(c)
-            warm_samples = [timed(c) for _ in range(args.repeat)]
-        with TestClient(create_app(base.model_copy(update={"database_url": stored_url}))) as c:
-            timed(c)
-            stored_samples = [timed(c) for _ in range(args.repeat)]
-        warm = [s for s, _ in warm_samples]
-        stored = [s for s, _ in stored_samples]
-        baseline = statistics.median(stored)
-        print("page of 100 artifacts via GraphQL (in-process ASGI), medians of", args.repeat)
-        print(f"{'case':<34} {'median ms':>10} {'vs stored':>10} {'MLflow requests':>16}")
-        print(
-            f"{'stored lineage (baseline)':<34} {baseline * 1000:>10.1f} {1.0:>10.2f} "
-            f"{max(r for _, r in stored_samples):>16}"
-        )
-        print(
-            f"{'legacy, cold cache (new app)':<34} {statistics.median(cold) * 1000:>10.1f} "
-            f"{statistics.median(cold) / baseline:>10.2f} {max(cold_requests):>16}"
-        )
-        print(
-            f"{'legacy, warm cache':<34} {statistics.median(warm) * 1000:>10.1f} "
-            f"{statistics.median(warm) / baseline:>10.2f} {max(r for _, r in warm_samples):>16}"
-        )
-
-        repair_url = f"sqlite:///{root / 'repair.db'}"
-        seed(
-            repair_url,
-            [
-                Artifact(
-                    name=f"r{i}", artifact_type="llm", workflow_id=workflows[i % len(workflows)]
-                )
-                for i in range(args.repair_rows)
-            ],
-        )
-        engine = make_engine(repair_url)
-        settings = base.model_copy(update={"database_url": repair_url})
-
-        async def repair() -> int:
-            resolver = build_resolver(settings, Metrics())
-            try:
-                report = await repair_lineage(engine=engine, resolver=resolver, batch_size=500)
-            finally:
-                await resolver.backend.aclose()
-            return report.repaired
-
-        proxy.reset()
-        started = time.perf_counter()
-        repaired = asyncio.run(repair())
-        elapsed = time.perf_counter() - started
-        print(
-            f"repair: {repaired} rows over {len(workflows)} workflows in {elapsed:.2f} s = "
-            f"{repaired / elapsed:,.0f} rows/s; MLflow requests: "
-            f"{len(proxy.paths('/api/2.0/mlflow/'))}"
-        )
-        engine.dispose()
+        page_figures(base, proxy, legacy_url, stored_url, args.repeat)
+        repair_figure(base, proxy, root, workflows, args.repair_rows)
     finally:
         proxy.stop()
         server.stop()

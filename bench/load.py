@@ -109,15 +109,8 @@ async def run_load(
         return latencies, errors, time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--warmup", type=float, default=30)
-    parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--renders", type=int, default=2000)
-    args = parser.parse_args()
-    configure_logging(log_format="json", level="error")
-    root = Path(tempfile.mkdtemp(prefix="bench-load-"))
+def start_gateway(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`gateway serve --workers 2` on demo data (embedded defaults), once /healthz answers."""
     db_url, mlflow_uri = f"sqlite:///{root / 'gw.db'}", f"sqlite:///{root / 'mlflow.db'}"
     engine = make_engine(db_url)
     seed_demo_data(engine=engine, tracking_uri=mlflow_uri)
@@ -136,31 +129,92 @@ def main() -> None:
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        charts = [
-            i
-            for i in range(1, 37)
-            if httpx.get(f"{url}/api/artifacts/{i}").json()["artifact_type"] == "chart"
-        ]
-        etags = {
-            i: httpx.get(f"{url}/api/artifacts/{i}/image", timeout=60).headers["etag"]
-            for i in charts
-        }
-        # Warm up until a whole round passes without errors (each worker has rendered every
-        # chart once and its caches are full), at most 4 rounds.
-        for round_ in range(1, 5):
-            _, warm_errors, _ = asyncio.run(
-                run_load(url, clients=args.clients, seconds=args.warmup, etags=etags)
-            )
-            print(f"warm-up round {round_}: {warm_errors} errors")
-            if warm_errors == 0:
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return server, url
+
+
+def warm_up(url: str, *, clients: int, seconds: float) -> dict[int, str]:
+    """Every chart's ETag; then load rounds until one passes without errors (at most 4)."""
+    charts = [
+        i
+        for i in range(1, 37)
+        if httpx.get(f"{url}/api/artifacts/{i}").json()["artifact_type"] == "chart"
+    ]
+    etags = {
+        i: httpx.get(f"{url}/api/artifacts/{i}/image", timeout=60).headers["etag"] for i in charts
+    }
+    # Each worker must have rendered every chart once and filled its caches.
+    for round_ in range(1, 5):
+        _, warm_errors, _ = asyncio.run(
+            run_load(url, clients=clients, seconds=seconds, etags=etags)
+        )
+        print(f"warm-up round {round_}: {warm_errors} errors")
+        if warm_errors == 0:
+            break
+    return etags
+
+
+def report_load(
+    latencies: dict[str, list[float]],
+    errors: int,
+    elapsed: float,
+    rss: tuple[dict[int, float], dict[int, float]],
+    *,
+    clients: int,
+    seconds: float,
+) -> None:
+    """Percentiles per kind, throughput, errors and each worker's RSS growth."""
+    total = sum(len(v) for v in latencies.values())
+    print(f"mixed load: {clients} clients, {seconds:.0f} s, gateway serve --workers 2")
+    print(f"{'kind':<12} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for kind, samples in latencies.items():
+        print(
+            f"{kind:<12} {len(samples):>9} {pct(samples, 0.5):>8.1f} {pct(samples, 0.95):>8.1f} "
+            f"{pct(samples, 0.99):>8.1f}"
+        )
+    print(f"total {total / elapsed:,.0f} req/s, errors {errors}")
+    start, end = rss
+    for pid in start:
+        growth = (end[pid] / start[pid] - 1) * 100 if start[pid] else 0.0
+        print(f"worker {pid}: RSS {start[pid]:.0f} -> {end[pid]:.0f} MiB ({growth:+.1f}%)")
+
+
+def render_soak(renders: int) -> None:
+    """Sequential renders in this process: median time and RSS growth (leaks show here)."""
+    bars = random_walk_bars(300, seed=3)
+    spec = ChartSpec(width=800, height=500)
+    for _ in range(50):
+        render_chart(bars, spec)
+    start = rss_mib(os.getpid())
+    samples = []
+    for _ in range(renders):
+        began = time.perf_counter()
+        render_chart(bars, spec)
+        samples.append(time.perf_counter() - began)
+    end = rss_mib(os.getpid())
+    print(
+        f"{renders} sequential renders (300 bars, 800x500): median "
+        f"{statistics.median(samples) * 1000:.1f} ms; RSS {start:.0f} -> {end:.0f} MiB "
+        f"({(end / start - 1) * 100:+.1f}%)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--warmup", type=float, default=30)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--renders", type=int, default=2000)
+    args = parser.parse_args()
+    configure_logging(log_format="json", level="error")
+    server, url = start_gateway(Path(tempfile.mkdtemp(prefix="bench-load-")))
+    try:
+        etags = warm_up(url, clients=args.clients, seconds=args.warmup)
         workers = children(server.pid)
         rss_start = {pid: rss_mib(pid) for pid in workers}
         latencies, errors, elapsed = asyncio.run(
@@ -170,37 +224,16 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    total = sum(len(v) for v in latencies.values())
-    print(f"mixed load: {args.clients} clients, {args.seconds:.0f} s, gateway serve --workers 2")
-    print(f"{'kind':<12} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
-    for kind, samples in latencies.items():
-        print(
-            f"{kind:<12} {len(samples):>9} {pct(samples, 0.5):>8.1f} {pct(samples, 0.95):>8.1f} "
-            f"{pct(samples, 0.99):>8.1f}"
-        )
-    print(f"total {total / elapsed:,.0f} req/s, errors {errors}")
-    for pid in workers:
-        growth = (rss_end[pid] / rss_start[pid] - 1) * 100 if rss_start[pid] else 0.0
-        print(f"worker {pid}: RSS {rss_start[pid]:.0f} -> {rss_end[pid]:.0f} MiB ({growth:+.1f}%)")
-
-    if args.renders < 1:
-        return
-    bars = random_walk_bars(300, seed=3)
-    spec = ChartSpec(width=800, height=500)
-    for _ in range(50):
-        render_chart(bars, spec)
-    start = rss_mib(os.getpid())
-    samples = []
-    for _ in range(args.renders):
-        began = time.perf_counter()
-        render_chart(bars, spec)
-        samples.append(time.perf_counter() - began)
-    end = rss_mib(os.getpid())
-    print(
-        f"{args.renders} sequential renders (300 bars, 800x500): median "
-        f"{statistics.median(samples) * 1000:.1f} ms; RSS {start:.0f} -> {end:.0f} MiB "
-        f"({(end / start - 1) * 100:+.1f}%)"
+    report_load(
+        latencies,
+        errors,
+        elapsed,
+        (rss_start, rss_end),
+        clients=args.clients,
+        seconds=args.seconds,
     )
+    if args.renders >= 1:
+        render_soak(args.renders)
 
 
 if __name__ == "__main__":

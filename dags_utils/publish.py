@@ -87,15 +87,7 @@ def publish_chart(
         used = ChartSpec.from_dict({**used.to_dict(), "symbol": symbol})
     png = render_chart(snapshot, used)
     key = chart_object_key(symbol=symbol, workflow_id=workflow_id, name=name)
-    digest = hashlib.sha256(png).hexdigest()
-    minio_client.put_object(
-        bucket,
-        key,
-        io.BytesIO(png),
-        len(png),
-        content_type="image/png",
-        metadata={"chartkit-version": chartkit.__version__, "sha256": digest},
-    )
+    digest = _upload(minio_client, bucket, key, png)
     minio_url = f"s3://{bucket}/{key}"
     log.info("chart.uploaded", bucket=bucket, key=key, bytes=len(png), workflow_id=workflow_id)
     artifact_id = store_chart_artifact(
@@ -113,3 +105,17 @@ def publish_chart(
     )
     log.info("chart.published", artifact_id=artifact_id, minio_url=minio_url)
     return artifact_id
+
+
+def _upload(minio_client: Any, bucket: str, key: str, png: bytes) -> str:
+    """Put the PNG (content type, renderer version and digest as object metadata); its SHA-256."""
+    digest = hashlib.sha256(png).hexdigest()
+    minio_client.put_object(
+        bucket,
+        key,
+        io.BytesIO(png),
+        len(png),
+        content_type="image/png",
+        metadata={"chartkit-version": chartkit.__version__, "sha256": digest},
+    )
+    return digest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -23,7 +24,7 @@ log = structlog.get_logger("gateway")
 
 
 # Loggers of libraries that print while serving; they are routed through structlog too.
-_FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "mlflow")
 
 
 def configure_logging(
@@ -91,6 +92,9 @@ def _route_stdlib_logging(
     )
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings become log lines too, not stray stderr text
+    # MLflow installs a plain-text handler of its own when imported (lazily, later); asked not to.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     for name in _FOREIGN_LOGGERS:
         foreign = logging.getLogger(name)
         foreign.handlers.clear()  # uvicorn's own plain-text handlers, if it installed them

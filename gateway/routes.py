@@ -1,4 +1,5 @@
-"""REST routes: artifact JSON for existing clients, health, readiness and metrics."""
+"""REST routes (thin: parse, call one service, shape the answer): artifact JSON, the chart image,
+health, readiness and metrics."""
 
 from __future__ import annotations
 

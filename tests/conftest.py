@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 import structlog
+from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.applications import Starlette
@@ -20,29 +20,9 @@ from gateway.app import create_app
 from gateway.db import init_db, make_engine
 from gateway.models import Artifact
 from gateway.settings import Settings
-from tests.servers import (
-    MlflowServer,
-    RecordingProxy,
-    free_port,
-    postgres_schema,
-    postgres_unreachable_reason,
-    s3_client,
-)
-
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-_pg_reason: list[str | None] = []
-
-
-def require_postgres() -> None:
-    """Skip (or, in CI, fail) when PostgreSQL is unreachable."""
-    if not _pg_reason:
-        _pg_reason.append(postgres_unreachable_reason())
-    reason = _pg_reason[0]
-    if reason is not None:
-        if IN_CI:
-            pytest.fail(f"{reason} (CI must run the PostgreSQL tests)")
-        print(f"\nskipping PostgreSQL test: {reason}")
-        pytest.skip(reason)  # PostgreSQL unreachable on a bare machine: skip, with the reason
+from tests.faults import RecordingProxy
+from tests.servers import MlflowServer, free_port, postgres_schema, s3_client
+from tests.support import require_postgres, with_overrides
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -102,6 +82,34 @@ def client(app: Starlette, engine: Engine) -> Iterator[TestClient]:
     """A client whose lifespan runs; the table exists before the first request."""
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def make_settings(settings: Settings) -> Callable[..., Settings]:
+    """The test's settings with some fields replaced (names checked, values validated)."""
+
+    def build(**overrides: Any) -> Settings:
+        return with_overrides(settings, **overrides)
+
+    return build
+
+
+@pytest.fixture
+def make_client(
+    make_settings: Callable[..., Settings], engine: Engine
+) -> Iterator[Callable[..., TestClient]]:
+    """Clients of apps built from the test's settings plus overrides; lifespans closed after."""
+    clients: list[TestClient] = []
+
+    def build(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(make_settings(**overrides)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
 
 
 @pytest.fixture
@@ -168,3 +176,15 @@ def bucket(s3_server: str) -> str:
     name = f"charts-{uuid.uuid4().hex[:10]}"
     s3_client(s3_server).make_bucket(name)
     return name
+
+
+@pytest.fixture
+def mlflow(mlflow_server: MlflowServer) -> MlflowClient:
+    """A client of the session's real MLflow server."""
+    return MlflowClient(tracking_uri=mlflow_server.url)
+
+
+@pytest.fixture
+def experiment(mlflow: MlflowClient) -> str:
+    """A fresh experiment on the real MLflow server; returns its id."""
+    return str(mlflow.create_experiment(f"exp-{uuid.uuid4().hex[:10]}"))

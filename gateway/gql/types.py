@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from datetime import datetime
 from typing import Any
@@ -182,15 +183,7 @@ class Artifact:
             await info.context.lineage.of(self.row),
             ui_url=info.context.services.settings.mlflow_ui_base,
         )
-        return Lineage(
-            status=view.status,
-            source=view.source,
-            reason=view.reason,
-            run_id=view.run_id,
-            experiment_id=view.experiment_id,
-            run_url=view.run_url,
-            experiment_url=view.experiment_url,
-        )
+        return Lineage(**dataclasses.asdict(view))  # the same fields, by construction
 
 
 def _readable(value: Any, column: str) -> JSON | None:

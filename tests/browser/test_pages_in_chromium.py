@@ -19,10 +19,9 @@ from sqlalchemy.engine import Engine
 from chartkit import random_walk_bars
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.gateway.test_lineage import UI, experiment, lineage_settings, make_run, mlflow
-from tests.servers import LiveServer, RecordingProxy
-
-__all__ = ["experiment", "mlflow"]  # fixtures used by these tests
+from tests.faults import RecordingProxy
+from tests.servers import LiveServer
+from tests.support import UI, lineage_settings, make_run
 
 CHROMIUM = os.environ.get("GATEWAY_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

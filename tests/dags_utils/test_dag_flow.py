@@ -28,6 +28,7 @@ from dags_utils import (
 from gateway.app import create_app
 from gateway.models import Artifact
 from gateway.settings import Settings
+from tests.support import with_overrides
 
 BARS = random_walk_bars(60, seed=2)
 
@@ -47,15 +48,10 @@ def row(engine: Engine, artifact_id: int) -> Artifact:
         return found
 
 
-def test_dag_flow_captures_hydrates_and_backfills(
-    engine: Engine,
-    settings: Settings,
-    mlflow_server: Any,
-    log_events: list[dict[str, Any]],
-) -> None:
-    uri = mlflow_server.url
-    wf = f"market_analysis__{uuid.uuid4().hex[:8]}"
-    experiment = f"dag-flow-{uuid.uuid4().hex[:6]}"
+def store_three_in_a_run(
+    engine: Engine, uri: str, wf: str, experiment: str
+) -> tuple[tuple[int, int, int], Any]:
+    """A DAG run's tasks: a chart, an LLM analysis and a signal stored inside its MLflow run."""
     with mlflow_run_context(
         workflow_id=wf,
         dag_id="market_analysis",
@@ -89,6 +85,19 @@ def test_dag_flow_captures_hydrates_and_backfills(
             confidence=0.8,
             price=101.5,
         )
+    return (chart, llm, signal), run
+
+
+def test_dag_flow_captures_hydrates_and_backfills(
+    engine: Engine,
+    settings: Settings,
+    mlflow_server: Any,
+    log_events: list[dict[str, Any]],
+) -> None:
+    uri = mlflow_server.url
+    wf = f"market_analysis__{uuid.uuid4().hex[:8]}"
+    experiment = f"dag-flow-{uuid.uuid4().hex[:6]}"
+    (chart, llm, signal), run = store_three_in_a_run(engine, uri, wf, experiment)
     run_id, experiment_id = run.info.run_id, run.info.experiment_id
     for artifact_id in (chart, llm, signal):
         stored = row(engine, artifact_id)
@@ -121,7 +130,7 @@ def test_dag_flow_captures_hydrates_and_backfills(
     assert MlflowClient(uri).get_run(run_id).data.metrics["bars"] == 60
 
     # ... the gateway hydrates the legacy row on read, without writing ...
-    app = create_app(settings.model_copy(update={"mlflow_tracking_uri": uri}))
+    app = create_app(with_overrides(settings, mlflow_tracking_uri=uri))
     query = {"query": "{ artifact(id: %d) { runId lineage { status source } } }" % legacy}
     with TestClient(app) as client:
         data = client.post("/graphql", json=query).json()["data"]["artifact"]
@@ -132,18 +141,15 @@ def test_dag_flow_captures_hydrates_and_backfills(
         assert row(engine, legacy).run_id is None
 
         # ... and backfill writes it, once.
-        assert (
+        written = [
             backfill_workflow_lineage(
                 engine=engine, workflow_id=wf, run_id=run_id, tracking_uri=uri
-            )
-            == 1
-        )
-        assert (
+            ),
             backfill_workflow_lineage(
                 engine=engine, workflow_id=wf, run_id=run_id, experiment_id=experiment_id
-            )
-            == 0
-        )
+            ),
+        ]
+        assert written == [1, 0]
         assert (row(engine, legacy).run_id, row(engine, legacy).experiment_id) == (
             run_id,
             experiment_id,

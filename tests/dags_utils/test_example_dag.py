@@ -33,6 +33,7 @@ from gateway.minio_urls import ObjectLocation, parse_minio_url
 from gateway.models import Artifact
 from gateway.settings import Settings
 from tests.servers import s3_client
+from tests.support import with_overrides
 
 KEY_SETTINGS = Settings(minio_allowed_buckets=("charts",))
 CHART_FIELDS = """
@@ -54,20 +55,60 @@ def _no_active_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def gateway_settings(settings: Settings, *, s3: str, bucket: str, tracking_uri: str) -> Settings:
-    return settings.model_copy(
-        update={
-            "mlflow_tracking_uri": tracking_uri,
-            "minio_endpoint": s3,
-            "minio_access_key": "testing",
-            "minio_secret_key": SecretStr("testing"),
-            "minio_allowed_buckets": (bucket,),
-        }
+    return with_overrides(
+        settings,
+        mlflow_tracking_uri=tracking_uri,
+        minio_endpoint=s3,
+        minio_access_key="testing",
+        minio_secret_key=SecretStr("testing"),
+        minio_allowed_buckets=(bucket,),
     )
 
 
 def count_rows(engine: Engine) -> int:
     with Session(engine) as session:
         return len(session.query(Artifact).all())
+
+
+def run_the_dag(
+    conn: tasks.Connections, symbol: str, dag_run_id: str
+) -> tuple[Any, str, tuple[int, int, int]]:
+    """The DAG, task by task: bars, the MLflow run id, and the chart, LLM and signal ids."""
+    workflow_id = tasks.workflow_id_for(symbol, dag_run_id)
+    bars = tasks.fetch_bars(symbol, end=datetime(2026, 11, 20, tzinfo=UTC))
+    run_id = tasks.open_run(
+        symbol=symbol, workflow_id=workflow_id, dag_run_id=dag_run_id, conn=conn
+    )
+    chart_id = tasks.publish(bars=bars, symbol=symbol, workflow_id=workflow_id, conn=conn)
+    llm_id = tasks.analyse(bars=bars, symbol=symbol, workflow_id=workflow_id, conn=conn)
+    signal_id = tasks.signal(bars=bars, symbol=symbol, workflow_id=workflow_id, conn=conn)
+    assert tasks.log_run(bars=bars, symbol=symbol, workflow_id=workflow_id, conn=conn) == run_id
+    assert tasks.backfill(workflow_id=workflow_id, run_id=run_id, conn=conn) == 0  # all stored
+    return bars, run_id, (chart_id, llm_id, signal_id)
+
+
+def expected_chart(bars: Any, bucket: str, key: str, symbol: str) -> dict[str, Any]:
+    """What `Artifact.chart` must say of the published chart."""
+    frame = load_snapshot(bars)
+    return {
+        "minioUrl": f"s3://{bucket}/{key}",
+        "bucket": bucket,
+        "objectKey": key,
+        "urlProblem": None,
+        "rendererVersion": chartkit.__version__,
+        "spec": {
+            **tasks.CHART_SPEC.to_dict(),
+            "symbol": symbol,
+            "sma": [20, 50],
+            "bollinger": [20, 2.0],
+            "macd": [12, 26, 9],
+        },
+        "snapshotBars": len(frame),
+        "snapshotRange": {
+            "first": frame.index[0].isoformat(),
+            "last": frame.index[-1].isoformat(),
+        },
+    }
 
 
 @pytest.mark.mlflow
@@ -90,17 +131,7 @@ def test_example_dag_tasks_publish_charts_the_gateway_serves_unchanged(
     symbol = "AAPL"
     dag_run_id = f"scheduled__{uuid.uuid4().hex[:8]}"
     workflow_id = tasks.workflow_id_for(symbol, dag_run_id)
-
-    # The DAG, task by task.
-    bars = tasks.fetch_bars(symbol, end=datetime(2026, 11, 20, tzinfo=UTC))
-    run_id = tasks.open_run(
-        symbol=symbol, workflow_id=workflow_id, dag_run_id=dag_run_id, conn=conn
-    )
-    chart_id = tasks.publish(bars=bars, symbol=symbol, workflow_id=workflow_id, conn=conn)
-    llm_id = tasks.analyse(bars=bars, symbol=symbol, workflow_id=workflow_id, conn=conn)
-    signal_id = tasks.signal(bars=bars, symbol=symbol, workflow_id=workflow_id, conn=conn)
-    assert tasks.log_run(bars=bars, symbol=symbol, workflow_id=workflow_id, conn=conn) == run_id
-    assert tasks.backfill(workflow_id=workflow_id, run_id=run_id, conn=conn) == 0  # all stored
+    bars, run_id, (chart_id, llm_id, signal_id) = run_the_dag(conn, symbol, dag_run_id)
 
     key = chart_object_key(symbol=symbol, workflow_id=workflow_id, name=f"{symbol} daily")
     assert key == f"AAPL/{workflow_id}/AAPL-daily.png"
@@ -127,27 +158,7 @@ def test_example_dag_tasks_publish_charts_the_gateway_serves_unchanged(
             assert node["runId"] == run_id
             assert node["experimentId"] == experiment
             assert node["lineage"] == {"status": "STORED", "source": "ROW"}
-        chart = nodes[chart_id]["chart"]
-        frame = load_snapshot(bars)
-        assert chart == {
-            "minioUrl": f"s3://{bucket}/{key}",
-            "bucket": bucket,
-            "objectKey": key,
-            "urlProblem": None,
-            "rendererVersion": chartkit.__version__,
-            "spec": {
-                **tasks.CHART_SPEC.to_dict(),
-                "symbol": symbol,
-                "sma": [20, 50],
-                "bollinger": [20, 2.0],
-                "macd": [12, 26, 9],
-            },
-            "snapshotBars": len(frame),
-            "snapshotRange": {
-                "first": frame.index[0].isoformat(),
-                "last": frame.index[-1].isoformat(),
-            },
-        }
+        assert nodes[chart_id]["chart"] == expected_chart(bars, bucket, key, symbol)
         assert nodes[llm_id]["chart"] is None
         assert nodes[llm_id]["type"] == "LLM"
 
@@ -160,73 +171,64 @@ def test_example_dag_tasks_publish_charts_the_gateway_serves_unchanged(
         assert served.content == s3_client(s3_server).get_object(bucket, key).read()
 
 
-def test_publish_uploads_before_storing_and_stores_nothing_when_the_upload_fails(
+def publish(engine: Engine, s3_server: str, bucket: str, **fields: Any) -> int:
+    """publish_chart with the fields these tests do not vary filled in."""
+    args: dict[str, Any] = {
+        "engine": engine,
+        "minio_client": s3_client(s3_server),
+        "bucket": bucket,
+        "snapshot": random_walk_bars(80, seed=4),
+        "symbol": "MSFT",
+        "workflow_id": "wf",
+        "name": "chart",
+        "run_id": "r" * 32,
+        "experiment_id": "1",
+    }
+    return publish_chart(**{**args, **fields})
+
+
+def test_a_failed_upload_stores_no_row(engine: Engine, s3_server: str, bucket: str) -> None:
+    before = count_rows(engine)
+    with pytest.raises(Exception, match="NoSuchBucket"):
+        publish(engine, s3_server, "no-such-bucket", workflow_id="wf-upload-fails")
+    assert count_rows(engine) == before
+
+
+def test_a_snapshot_that_cannot_be_drawn_uploads_and_stores_nothing(
+    engine: Engine, s3_server: str, bucket: str
+) -> None:
+    before = count_rows(engine)
+    with pytest.raises(SnapshotError):
+        publish(engine, s3_server, bucket, snapshot=[{"close": "x"}], workflow_id="wf-bad-bars")
+    assert count_rows(engine) == before
+    assert list(s3_client(s3_server).list_objects(bucket, recursive=True)) == []
+
+
+def test_a_snapshot_holding_nan_is_refused_naming_the_key_path_before_upload(
+    engine: Engine, s3_server: str, bucket: str
+) -> None:
+    # A pandas frame with a gap: refused before anything is rendered, uploaded or stored.
+    bars = random_walk_bars(80, seed=4)
+    before = count_rows(engine)
+    with pytest.raises(ValueError, match=r"market_data_snapshot\[1\]\.volume is nan"):
+        publish(
+            engine,
+            s3_server,
+            bucket,
+            snapshot=[bars[0], {**bars[1], "volume": float("nan")}, *bars[2:]],
+            workflow_id="wf-nan",
+        )
+    assert count_rows(engine) == before
+    assert list(s3_client(s3_server).list_objects(bucket, recursive=True)) == []
+
+
+def test_a_retried_publish_overwrites_the_same_key_with_the_same_bytes(
     engine: Engine, s3_server: str, bucket: str
 ) -> None:
     bars = random_walk_bars(80, seed=4)
-    before = count_rows(engine)
-    with pytest.raises(Exception, match="NoSuchBucket"):
-        publish_chart(
-            engine=engine,
-            minio_client=s3_client(s3_server),
-            bucket="no-such-bucket",
-            snapshot=bars,
-            symbol="MSFT",
-            workflow_id="wf-upload-fails",
-            name="chart",
-            run_id="r" * 32,
-            experiment_id="1",
-        )
-    assert count_rows(engine) == before
-
-    # A snapshot that cannot be drawn: nothing uploaded, nothing stored.
-    with pytest.raises(SnapshotError):
-        publish_chart(
-            engine=engine,
-            minio_client=s3_client(s3_server),
-            bucket=bucket,
-            snapshot=[{"close": "x"}],
-            symbol="MSFT",
-            workflow_id="wf-bad-bars",
-            name="chart",
-            run_id="r" * 32,
-            experiment_id="1",
-        )
-    assert count_rows(engine) == before
-    assert list(s3_client(s3_server).list_objects(bucket, recursive=True)) == []
-
-    # A snapshot holding NaN (a pandas frame with a gap): refused naming the key path, before
-    # anything is rendered, uploaded or stored.
-    with pytest.raises(ValueError, match=r"market_data_snapshot\[1\]\.volume is nan"):
-        publish_chart(
-            engine=engine,
-            minio_client=s3_client(s3_server),
-            bucket=bucket,
-            snapshot=[bars[0], {**bars[1], "volume": float("nan")}, *bars[2:]],
-            symbol="MSFT",
-            workflow_id="wf-nan",
-            name="chart",
-            run_id="r" * 32,
-            experiment_id="1",
-        )
-    assert count_rows(engine) == before
-    assert list(s3_client(s3_server).list_objects(bucket, recursive=True)) == []
-
-    # Published twice (a retried task): the same key is overwritten with the same bytes.
     spec = ChartSpec(width=640, height=400, theme="dark")
     ids = [
-        publish_chart(
-            engine=engine,
-            minio_client=s3_client(s3_server),
-            bucket=bucket,
-            snapshot=bars,
-            symbol="msft",
-            workflow_id="wf-retry",
-            name="chart",
-            spec=spec,
-            run_id="r" * 32,
-            experiment_id="1",
-        )
+        publish(engine, s3_server, bucket, symbol="msft", workflow_id="wf-retry", spec=spec)
         for _ in range(2)
     ]
     objects = list(s3_client(s3_server).list_objects(bucket, recursive=True))

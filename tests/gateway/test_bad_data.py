@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,6 @@ from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
 from chartkit import ChartSpec, random_walk_bars, render_chart
-from gateway.app import create_app
-from gateway.settings import Settings
 from tests.jsonstrict import strict_parse
 
 BARS = random_walk_bars(60, seed=8)
@@ -27,10 +25,8 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    app = create_app(settings.model_copy(update={"max_snapshot_bars": 1000}))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client(max_snapshot_bars=1000)
 
 
 def raw_metadata(engine: Engine, artifact_id: int, raw_json: str) -> None:

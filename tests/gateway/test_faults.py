@@ -19,7 +19,9 @@ from starlette.testclient import TestClient
 from chartkit import ChartSpec, random_walk_bars, render_chart
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.servers import MlflowServer, RecordingProxy, TcpProxy
+from tests.faults import RecordingProxy, TcpProxy
+from tests.servers import MlflowServer
+from tests.support import with_overrides
 
 QUERY = "query($id: Int!) { artifact(id: $id) { name runId lineage { status reason } } }"
 
@@ -62,12 +64,11 @@ def test_a_slow_mlflow_costs_one_budget_then_recovers(
     artifact_id = insert(name="slow", workflow_id=wf)
     mlflow_proxy.delay_s = 8.0  # every answer arrives 8x later than the 1 s budget
     app = create_app(
-        settings.model_copy(
-            update={
-                "mlflow_tracking_uri": mlflow_proxy.url,
-                "mlflow_timeout_s": 1.0,
-                "mlflow_breaker_cooldown_s": 0.5,
-            }
+        with_overrides(
+            settings,
+            mlflow_tracking_uri=mlflow_proxy.url,
+            mlflow_timeout_s=1.0,
+            mlflow_breaker_cooldown_s=0.5,
         )
     )
     with TestClient(app) as client:
@@ -101,12 +102,11 @@ def test_mlflow_killed_mid_request_then_restarted(
         run = mlflow.create_run(experiment, tags={"workflow_id": wf}).info.run_id
         artifact_id = insert(name="in flight", workflow_id=wf)
         app = create_app(
-            settings.model_copy(
-                update={
-                    "mlflow_tracking_uri": proxy.url,
-                    "mlflow_timeout_s": 3.0,
-                    "mlflow_breaker_cooldown_s": 0.5,
-                }
+            with_overrides(
+                settings,
+                mlflow_tracking_uri=proxy.url,
+                mlflow_timeout_s=3.0,
+                mlflow_breaker_cooldown_s=0.5,
             )
         )
         with TestClient(app) as client:
@@ -144,13 +144,12 @@ def test_a_minio_that_drips_its_answer_falls_back_within_the_deadline(
         meta={"market_data_snapshot": bars},
     )
     app = create_app(
-        settings.model_copy(
-            update={
-                "minio_endpoint": f"127.0.0.1:{drip.port}",
-                "minio_access_key": "testing",
-                "minio_secret_key": SecretStr("testing"),
-                "minio_timeout_s": 1.0,
-            }
+        with_overrides(
+            settings,
+            minio_endpoint=f"127.0.0.1:{drip.port}",
+            minio_access_key="testing",
+            minio_secret_key=SecretStr("testing"),
+            minio_timeout_s=1.0,
         )
     )
     try:

@@ -18,6 +18,7 @@ from chartkit import random_walk_bars
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.servers import free_port
+from tests.support import with_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = schemathesis.graphql.from_file((ROOT / "schema.graphql").read_text(encoding="utf-8"))
@@ -42,14 +43,13 @@ def prod(settings: Settings, engine: Engine, insert: Callable[..., int]) -> Iter
     insert(name="llm", artifact_type="llm", run_id="r", experiment_id="1", meta="odd")
     insert(name="signal", artifact_type="signal", meta={"mlflow_run_id": "abc"})
     app = create_app(
-        settings.model_copy(
-            update={
-                "env": "production",
-                "admin_token": SecretStr(TOKEN),
-                # MLflow is absent: lineage and repair degrade, which is part of what is fuzzed.
-                "mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}",
-                "mlflow_timeout_s": 0.5,
-            }
+        with_overrides(
+            settings,
+            env="production",
+            admin_token=SecretStr(TOKEN),
+            # MLflow is absent: lineage and repair degrade, which is part of what is fuzzed.
+            mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",
+            mlflow_timeout_s=0.5,
         )
     )
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
-
-from gateway.app import create_app
-from gateway.settings import Settings
 
 
 @pytest.fixture
@@ -20,10 +16,8 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def prod(settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    app = create_app(settings.model_copy(update={"env": "production"}))
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield client
+def prod(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client(env="production")
 
 
 ALIASES_IN_FRAGMENT = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +10,6 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
-
-from gateway.app import create_app
-from gateway.settings import Settings
 
 
 @pytest.fixture
@@ -22,10 +19,8 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def production_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    app = create_app(settings.model_copy(update={"env": "production"}))
-    with TestClient(app, raise_server_exceptions=False) as client:
-        yield client
+def production_client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client(env="production")
 
 
 def messages(body: dict[str, Any]) -> list[str]:

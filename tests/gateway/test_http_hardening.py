@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.support import with_overrides
 
 REPAIR = "mutation { repairLineage(dryRun: true) { scanned } }"
 
@@ -32,7 +33,7 @@ def test_no_cors_origin_is_allowed_by_default(client: TestClient) -> None:
 
 
 def test_configured_origins_get_cors_headers(settings: Settings, engine: Engine) -> None:
-    app = create_app(settings.model_copy(update={"cors_origins": ("https://app.example",)}))
+    app = create_app(with_overrides(settings, cors_origins=("https://app.example",)))
     with TestClient(app) as client:
         preflight = client.options(
             "/graphql",
@@ -66,12 +67,12 @@ def test_production_refuses_short_admin_tokens(
     settings: Settings, engine: Engine, insert: Callable[..., int]
 ) -> None:
     short = "short-token-123"
-    production = settings.model_copy(update={"env": "production", "admin_token": SecretStr(short)})
+    production = with_overrides(settings, env="production", admin_token=SecretStr(short))
     body = _repair(production, short)
     assert body["data"] is None
     assert "shorter than 24 characters" in str(body["errors"])
-    development = settings.model_copy(update={"admin_token": SecretStr(short)})
+    development = with_overrides(settings, admin_token=SecretStr(short))
     assert _repair(development, short)["data"] == {"repairLineage": {"scanned": 0}}
     long_token = "x" * 32
-    ok = settings.model_copy(update={"env": "production", "admin_token": SecretStr(long_token)})
+    ok = with_overrides(settings, env="production", admin_token=SecretStr(long_token))
     assert _repair(ok, long_token)["data"] == {"repairLineage": {"scanned": 0}}

@@ -2,50 +2,32 @@
 
 from __future__ import annotations
 
-import io
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
-from chartkit import ChartSpec, random_walk_bars, render_chart
+from chartkit import random_walk_bars
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.servers import LiveServer, SilentListener, free_port, s3_client
-
-BARS = random_walk_bars(120, seed=5)
-STORED_PNG = render_chart(random_walk_bars(80, seed=99), ChartSpec(width=640, height=480))
+from tests.faults import SilentListener
+from tests.gateway.image_support import (
+    STORED_PNG,
+    chart_row,
+    image_settings,
+    put,
+    regenerated,
+)
+from tests.servers import free_port
 
 
 @pytest.fixture
 def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'gateway.db'}"  # the image route is not DB-specific
-
-
-def put(endpoint: str, bucket: str, key: str, data: bytes, content_type: str = "image/png") -> None:
-    s3_client(endpoint).put_object(
-        bucket, key, io.BytesIO(data), len(data), content_type=content_type
-    )
-
-
-def image_settings(settings: Settings, endpoint: str, bucket: str, **extra: Any) -> Settings:
-    return settings.model_copy(
-        update={
-            "minio_endpoint": endpoint,
-            "minio_access_key": "testing",
-            "minio_secret_key": SecretStr("testing"),
-            "minio_allowed_buckets": (bucket, "missing-bucket"),
-            "minio_timeout_s": 1.0,
-            **extra,
-        }
-    )
 
 
 @pytest.fixture
@@ -54,17 +36,6 @@ def client(settings: Settings, engine: Engine, s3_server: str, bucket: str) -> I
         create_app(image_settings(settings, s3_server, bucket)), raise_server_exceptions=False
     ) as test_client:
         yield test_client
-
-
-def chart_row(
-    insert: Callable[..., int], url: Any, *, symbol: str = "AAPL", bars: Any = BARS
-) -> int:
-    meta = {"market_data_snapshot": bars} if bars is not None else {}
-    return insert(artifact_type="chart", symbol=symbol, chart_data={"minio_url": url}, meta=meta)
-
-
-def regenerated(bars: Any = BARS, symbol: str = "AAPL") -> bytes:
-    return render_chart(bars, ChartSpec(symbol=symbol))
 
 
 def test_object_present_is_proxied_byte_for_byte(
@@ -317,111 +288,3 @@ def test_no_object_and_no_snapshot_is_404_and_bad_snapshot_is_422(
     assert "stored snapshot cannot be drawn" in response.json()["detail"]
     llm = insert(artifact_type="llm")
     assert client.get(f"/api/artifacts/{llm}/image").status_code == 404
-
-
-def test_fifty_concurrent_requests_for_one_uncached_chart_render_once(
-    settings: Settings,
-    engine: Engine,
-    insert: Callable[..., int],
-) -> None:
-    artifact_id = chart_row(insert, "s3://charts/none.png")
-    app = create_app(settings)
-    results: list[bytes] = []
-    lock = threading.Lock()
-    with LiveServer(app) as server:
-        barrier = threading.Barrier(50)
-
-        def fetch() -> None:
-            barrier.wait()
-            body = httpx.get(f"{server.url}/api/artifacts/{artifact_id}/image", timeout=60).content
-            with lock:
-                results.append(body)
-
-        threads = [threading.Thread(target=fetch) for _ in range(50)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        metrics = httpx.get(f"{server.url}/metrics").text
-    assert len(results) == 50
-    assert len(set(results)) == 1
-    assert results[0] == regenerated()
-    assert "gateway_chart_render_seconds_count 1.0" in metrics
-
-
-def test_renders_beyond_the_queue_get_503_with_retry_after_and_the_rest_succeed(
-    settings: Settings,
-    engine: Engine,
-    insert: Callable[..., int],
-) -> None:
-    # Ten distinct charts at once against a queue of 2: each request either gets its chart or
-    # a 503 problem with Retry-After; none waits past the deadline, none 500s.
-    ids = [
-        chart_row(insert, "s3://charts/none.png", bars=random_walk_bars(400, seed=i))
-        for i in range(10)
-    ]
-    app = create_app(settings.model_copy(update={"render_concurrency": 1, "render_queue": 2}))
-    answers: list[httpx.Response] = []
-    lock = threading.Lock()
-    with LiveServer(app) as server:
-        barrier = threading.Barrier(len(ids))
-
-        def fetch(artifact_id: int) -> None:
-            barrier.wait()
-            response = httpx.get(f"{server.url}/api/artifacts/{artifact_id}/image", timeout=60)
-            with lock:
-                answers.append(response)
-
-        threads = [threading.Thread(target=fetch, args=(i,)) for i in ids]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        retried = [httpx.get(f"{server.url}/api/artifacts/{i}/image", timeout=60) for i in ids]
-    statuses = sorted(r.status_code for r in answers)
-    assert set(statuses) == {200, 503}, statuses
-    assert 2 <= statuses.count(200) < len(ids)
-    for shed in (r for r in answers if r.status_code == 503):
-        assert shed.headers["retry-after"] == "1"
-        assert "retry" in shed.json()["detail"]
-    # Retried one at a time, every chart is served: shedding lost nothing.
-    assert [r.status_code for r in retried] == [200] * len(ids)
-
-
-def connections_to(port: int) -> int:
-    """Established TCP connections from this machine to a loopback port (from /proc/net/tcp)."""
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        remote_port = int(fields[2].split(":")[1], 16)
-        if remote_port == port and fields[3] == "01":
-            count += 1
-    return count
-
-
-def test_clients_hanging_up_mid_image_leave_no_minio_connections_behind(
-    settings: Settings,
-    engine: Engine,
-    insert: Callable[..., int],
-    s3_server: str,
-    bucket: str,
-) -> None:
-    import socket
-
-    big = STORED_PNG + b"\0" * (2 * 1024 * 1024)
-    put(s3_server, bucket, "big.png", big)
-    ids = [chart_row(insert, f"s3://{bucket}/big.png") for _ in range(20)]
-    moto_port = int(s3_server.split(":")[1])
-    app = create_app(image_settings(settings, s3_server, bucket))
-    with LiveServer(app) as server:
-        for artifact_id in ids:  # each a cache miss, each abandoned after a few bytes
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-                sock.sendall(
-                    f"GET /api/artifacts/{artifact_id}/image HTTP/1.1\r\nHost: gw\r\n\r\n".encode()
-                )
-                assert sock.recv(64).startswith(b"HTTP/1.1 200")
-        time.sleep(0.5)
-        assert connections_to(moto_port) <= 16  # the client's pool size, not one per request
-        after = httpx.get(f"{server.url}/api/artifacts/{ids[0]}/image", timeout=30)
-        assert after.content == big
-        assert after.headers["x-cache"] == "hit"

@@ -17,45 +17,11 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.models import Artifact
 from gateway.settings import Settings
-from tests.servers import RecordingProxy, SilentListener, free_port
+from tests.faults import RecordingProxy, SilentListener
+from tests.servers import free_port
+from tests.support import UI, lineage_settings, make_run
 
-UI = "http://mlflow.example.test"
 LINEAGE = "lineage { status source reason runId experimentId runUrl experimentUrl }"
-
-
-@pytest.fixture
-def mlflow(mlflow_server: Any) -> MlflowClient:
-    return MlflowClient(tracking_uri=mlflow_server.url)
-
-
-@pytest.fixture
-def experiment(mlflow: MlflowClient) -> str:
-    return str(mlflow.create_experiment(f"exp-{uuid.uuid4().hex[:10]}"))
-
-
-def make_run(
-    mlflow: MlflowClient,
-    experiment: str,
-    *,
-    workflow_id: str | None = None,
-    start_time: int | None = None,
-) -> str:
-    tags = {"workflow_id": workflow_id} if workflow_id else {}
-    run = mlflow.create_run(experiment, tags=tags, start_time=start_time)
-    mlflow.set_terminated(run.info.run_id)
-    return str(run.info.run_id)
-
-
-def lineage_settings(settings: Settings, tracking_uri: str, **extra: Any) -> Settings:
-    return settings.model_copy(
-        update={
-            "mlflow_tracking_uri": tracking_uri,
-            "mlflow_ui_url": UI,
-            "mlflow_timeout_s": 3.0,
-            "mlflow_breaker_cooldown_s": 0.5,
-            **extra,
-        }
-    )
 
 
 @pytest.fixture
@@ -147,13 +113,21 @@ def test_resolution_follows_the_design_order(
     with Session(engine) as session:
         rows = session.exec(select(Artifact).where(Artifact.id != stored)).all()
         assert all(r.run_id in (None, meta_run) and r.experiment_id is None for r in rows)
-
-    hydrated = [e for e in log_events if e["event"] == "lineage.hydrated"]
-    assert {e["artifact_id"] for e in hydrated} >= {by_meta, by_workflow, half}
-    assert any(
-        e["event"] == "lineage.unresolved" and e["artifact_id"] == nothing for e in log_events
+    assert_logged_and_counted(
+        lineage_client, log_events, hydrated={by_meta, by_workflow, half}, unresolved=nothing
     )
-    metrics = lineage_client.get("/metrics").text
+
+
+def assert_logged_and_counted(
+    client: TestClient, log_events: list[dict[str, Any]], *, hydrated: set[int], unresolved: int
+) -> None:
+    """Each resolution is one log event named for its outcome, and counted in /metrics."""
+    logged = {e["artifact_id"] for e in log_events if e["event"] == "lineage.hydrated"}
+    assert logged >= hydrated
+    assert any(
+        e["event"] == "lineage.unresolved" and e["artifact_id"] == unresolved for e in log_events
+    )
+    metrics = client.get("/metrics").text
     assert (
         'gateway_lineage_resolutions_total{source="metadata_run_id",status="HYDRATED"} 1.0'
         in metrics

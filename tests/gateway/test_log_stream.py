@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ def test_gateway_serve_writes_one_json_object_per_line_with_request_ids(tmp_path
             failed = http.get("/api/artifacts/1", headers={"x-request-id": "quote-me-3"})
             assert failed.status_code == 500
             assert failed.json()["request_id"] == "quote-me-3"
+            # Until the fresh MLflow store has opened: MLflow logs its migrations meanwhile.
+            deadline = time.monotonic() + 120
+            while http.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the MLflow store never opened"
         gateway.stop()
         lines = gateway.output_lines()
     events = [strict_parse(line.encode()) for line in lines]  # every line is one JSON object

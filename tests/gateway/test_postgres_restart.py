@@ -15,8 +15,9 @@ from gateway.app import create_app
 from gateway.db import init_db, make_engine
 from gateway.models import Artifact
 from gateway.settings import Settings
-from tests.conftest import require_postgres
-from tests.servers import TcpProxy, postgres_schema
+from tests.faults import TcpProxy
+from tests.servers import postgres_schema
+from tests.support import require_postgres
 
 pytestmark = pytest.mark.postgres
 

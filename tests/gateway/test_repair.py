@@ -22,7 +22,8 @@ from gateway.observability import Metrics
 from gateway.repair import repair_lineage
 from gateway.services import build_resolver
 from gateway.settings import Settings
-from tests.servers import RecordingProxy
+from tests.faults import RecordingProxy
+from tests.support import with_overrides
 
 TOKEN = "test-admin-token-0123456789abcdef"
 REPAIR = """mutation($dry: Boolean!, $ids: [Int!], $wf: String) {
@@ -35,12 +36,11 @@ REPAIR = """mutation($dry: Boolean!, $ids: [Int!], $wf: String) {
 
 @pytest.fixture
 def repair_settings(settings: Settings, mlflow_proxy: RecordingProxy) -> Settings:
-    return settings.model_copy(
-        update={
-            "mlflow_tracking_uri": mlflow_proxy.url,
-            "mlflow_timeout_s": 3.0,
-            "admin_token": SecretStr(TOKEN),
-        }
+    return with_overrides(
+        settings,
+        mlflow_tracking_uri=mlflow_proxy.url,
+        mlflow_timeout_s=3.0,
+        admin_token=SecretStr(TOKEN),
     )
 
 
@@ -169,7 +169,7 @@ def test_repair_is_refused_when_no_token_is_configured(
     repair_settings: Settings, engine: Engine, dataset: dict[str, Any]
 ) -> None:
     before = lineage_in_db(engine)
-    app = create_app(repair_settings.model_copy(update={"admin_token": None}))
+    app = create_app(with_overrides(repair_settings, admin_token=None))
     with TestClient(app) as client:
         body = call(client, token=TOKEN)
     assert "GATEWAY_ADMIN_TOKEN is not configured" in body["errors"][0]["message"]

@@ -8,7 +8,7 @@ holding an unreadable value says so.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,8 +17,6 @@ from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
 from chartkit import ChartSpec, random_walk_bars, render_chart
-from gateway.app import create_app
-from gateway.settings import Settings
 from gateway.strictjson import MAX_DEPTH
 from tests.jsonstrict import strict_parse
 
@@ -41,10 +39,8 @@ STORED: dict[str, tuple[str, Any, bool]] = {
 
 
 @pytest.fixture
-def client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    app = create_app(settings.model_copy(update={"max_snapshot_bars": 1000}))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client(max_snapshot_bars=1000)
 
 
 def write_raw(engine: Engine, artifact_id: int, column: str, raw_json: str) -> None:

@@ -14,10 +14,8 @@ from starlette.testclient import TestClient
 from chartkit import load_snapshot, random_walk_bars
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.gateway.test_lineage import UI, experiment, lineage_settings, make_run, mlflow
-from tests.servers import RecordingProxy
-
-__all__ = ["experiment", "mlflow"]  # fixtures used by these tests
+from tests.faults import RecordingProxy
+from tests.support import UI, lineage_settings, make_run
 
 BARS = random_walk_bars(60, seed=11)
 

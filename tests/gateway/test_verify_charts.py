@@ -60,27 +60,24 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-@pytest.mark.usefixtures("cli_env")
-def test_verify_charts_reports_each_case_and_fails_on_differences(
-    engine: Engine,
-    s3_server: str,
-    bucket: str,
-    insert: Callable[..., int],
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-    log_events: list[dict[str, Any]],
-) -> None:
-    matching = publish(engine, s3_server, bucket, "good", 1, "wf-good")
-    tampered = publish(engine, s3_server, bucket, "tampered", 2, "wf-bad")
-    missing = publish(engine, s3_server, bucket, "missing", 3, "wf-bad")
-    no_snapshot = insert(
-        name="no snapshot", symbol="AAPL", chart_data={"minio_url": f"s3://{bucket}/x.png"}
-    )
-    refused = insert(
-        name="foreign host",
-        meta={"market_data_snapshot": random_walk_bars(30, seed=4)},
-        chart_data={"minio_url": "http://169.254.169.254/latest/meta-data.png"},
-    )
+@pytest.fixture
+def cases(
+    cli_env: None, engine: Engine, s3_server: str, bucket: str, insert: Callable[..., int]
+) -> dict[str, int]:
+    """One chart per outcome (and an LLM row verify-charts must skip); their ids by case."""
+    ids = {
+        "matching": publish(engine, s3_server, bucket, "good", 1, "wf-good"),
+        "tampered": publish(engine, s3_server, bucket, "tampered", 2, "wf-bad"),
+        "missing": publish(engine, s3_server, bucket, "missing", 3, "wf-bad"),
+        "no_snapshot": insert(
+            name="no snapshot", symbol="AAPL", chart_data={"minio_url": f"s3://{bucket}/x.png"}
+        ),
+        "refused": insert(
+            name="foreign host",
+            meta={"market_data_snapshot": random_walk_bars(30, seed=4)},
+            chart_data={"minio_url": "http://169.254.169.254/latest/meta-data.png"},
+        ),
+    }
     insert(name="words", artifact_type="llm", meta={"text": "not a chart"})
     client = s3_client(s3_server)
     # Tampered: the object was replaced by another (valid) chart of other bars.
@@ -88,28 +85,37 @@ def test_verify_charts_reports_each_case_and_fails_on_differences(
     tampered_key = "AAPL/wf-bad/tampered.png"
     client.put_object(bucket, tampered_key, io.BytesIO(other), len(other), "image/png")
     client.remove_object(bucket, "AAPL/wf-bad/missing.png")
+    return ids
 
+
+def test_verify_charts_reports_each_case_and_fails_on_differences(
+    cases: dict[str, int],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    log_events: list[dict[str, Any]],
+) -> None:
     metrics_file = tmp_path / "verify.prom"
     code, out = run_cli(capsys, "--json", "--metrics-file", str(metrics_file))
     assert code == 1
     report = json.loads(out)
     outcomes = {a["artifact_id"]: a["outcome"] for a in report["artifacts"]}
     assert outcomes == {
-        matching: "match",
-        tampered: "differs",
-        missing: "object_missing",
-        no_snapshot: "no_snapshot",
-        refused: "url_refused",
+        cases["matching"]: "match",
+        cases["tampered"]: "differs",
+        cases["missing"]: "object_missing",
+        cases["no_snapshot"]: "no_snapshot",
+        cases["refused"]: "url_refused",
     }
     assert report["ok"] is False
     assert report["summary"]["match"] == 1
     assert report["summary"]["differs"] == 1
     by_id = {a["artifact_id"]: a for a in report["artifacts"]}
-    ratio = by_id[tampered]["pixel_ratio"]
+    ratio = by_id[cases["tampered"]]["pixel_ratio"]
     assert 0.01 < ratio < 1.0
-    assert by_id[tampered]["detail"] == f"{ratio:.2%} of pixels differ"
-    assert by_id[matching]["pixel_ratio"] == 0.0
-    assert "MINIO_ALLOWED_BUCKETS" in by_id[refused]["detail"] or "host" in by_id[refused]["detail"]
+    assert by_id[cases["tampered"]]["detail"] == f"{ratio:.2%} of pixels differ"
+    assert by_id[cases["matching"]]["pixel_ratio"] == 0.0
+    refused = by_id[cases["refused"]]["detail"]
+    assert "MINIO_ALLOWED_BUCKETS" in refused or "host" in refused
     verified = {
         e["artifact_id"]: e["outcome"] for e in log_events if e["event"] == "chart.verified"
     }
@@ -118,7 +124,13 @@ def test_verify_charts_reports_each_case_and_fails_on_differences(
     assert 'gateway_chart_verifications_total{outcome="differs"} 1.0' in prom
     assert 'gateway_chart_verifications_total{outcome="match"} 1.0' in prom
 
-    # Human output: the summary and the table of charts that do not match.
+
+# log_events: the process-wide structlog configuration may print to stdout in tests; capturing
+# the events keeps the command's own output alone on stdout, as in a real process (logs -> stderr).
+@pytest.mark.usefixtures("log_events")
+def test_verify_charts_prints_a_summary_and_the_charts_that_do_not_match(
+    cases: dict[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out = run_cli(capsys)
     assert code == 1
     assert (
@@ -129,12 +141,20 @@ def test_verify_charts_reports_each_case_and_fails_on_differences(
     assert "object_missing" in out
     assert "tampered" in out
 
+
+@pytest.mark.usefixtures("log_events")
+def test_verify_charts_filters_by_workflow_and_limit(
+    cases: dict[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
     # Only the good workflow: everything matches, exit 0.
     code, out = run_cli(capsys, "--json", "--workflow-id", "wf-good")
     assert code == 0
-    assert [a["artifact_id"] for a in json.loads(out)["artifacts"]] == [matching]
+    assert [a["artifact_id"] for a in json.loads(out)["artifacts"]] == [cases["matching"]]
     code, out = run_cli(capsys, "--json", "--limit", "2")
-    assert [a["artifact_id"] for a in json.loads(out)["artifacts"]] == [matching, tampered]
+    assert [a["artifact_id"] for a in json.loads(out)["artifacts"]] == [
+        cases["matching"],
+        cases["tampered"],
+    ]
 
 
 @pytest.mark.usefixtures("cli_env")

@@ -1,0 +1,66 @@
+"""Helpers the tests share (fixtures live in conftest.py): settings overrides, MLflow runs, CI."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gateway.settings import Settings
+from tests.servers import postgres_unreachable_reason
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# The MLflow UI base the lineage tests configure; links are checked against it.
+UI = "http://mlflow.example.test"
+_pg_reason: list[str | None] = []
+
+
+def with_overrides(settings: Settings, **overrides: Any) -> Settings:
+    """`settings` with some fields replaced, validated like the environment would be.
+
+    A name that is not a Settings field is an error here (Settings itself ignores unknown keys,
+    so a typo would silently test the default).
+    """
+    unknown = set(overrides) - set(Settings.model_fields)
+    if unknown:
+        raise TypeError(f"Settings has no field {sorted(unknown)}")
+    return Settings.model_validate({**settings.model_dump(), **overrides})
+
+
+def require_postgres() -> None:
+    """Skip (or, in CI, fail) when PostgreSQL is unreachable."""
+    if not _pg_reason:
+        _pg_reason.append(postgres_unreachable_reason())
+    reason = _pg_reason[0]
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI must run the PostgreSQL tests)")
+        print(f"\nskipping PostgreSQL test: {reason}")
+        pytest.skip(reason)  # PostgreSQL unreachable on a bare machine: skip, with the reason
+
+
+def make_run(
+    mlflow: MlflowClient,
+    experiment: str,
+    *,
+    workflow_id: str | None = None,
+    start_time: int | None = None,
+) -> str:
+    """A finished MLflow run, tagged with its workflow when given; returns its id."""
+    tags = {"workflow_id": workflow_id} if workflow_id else {}
+    run = mlflow.create_run(experiment, tags=tags, start_time=start_time)
+    mlflow.set_terminated(run.info.run_id)
+    return str(run.info.run_id)
+
+
+def lineage_settings(settings: Settings, tracking_uri: str, **extra: Any) -> Settings:
+    """Settings for lineage against a real MLflow server, with budgets for a loaded CI box."""
+    defaults: dict[str, Any] = {
+        "mlflow_tracking_uri": tracking_uri,
+        "mlflow_ui_url": UI,
+        "mlflow_timeout_s": 3.0,
+        "mlflow_breaker_cooldown_s": 0.5,
+    }
+    return with_overrides(settings, **{**defaults, **extra})

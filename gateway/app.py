@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield {"services": services}
         log.info("gateway.stopped")
 
-    return Starlette(
+    app = Starlette(
         debug=False,
         routes=_routes(settings),
         middleware=_middleware(settings, metrics_),
@@ -49,6 +49,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
     )
+    # No trailing-slash redirects: Starlette builds them from the request's Host header (an
+    # open redirect), and no client of this API needs them; `/api/artifacts/5/` is a 404.
+    app.router.redirect_slashes = False
+    return app
 
 
 def _routes(settings: Settings) -> list[BaseRoute]:

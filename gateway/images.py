@@ -24,7 +24,12 @@ from cachetools import TTLCache
 import chartkit
 from chartkit import ChartSpec, SnapshotError, count_bars
 from gateway.bytecache import ByteCache
-from gateway.errors import NotFoundError, SnapshotUnusableError
+from gateway.errors import (
+    GatewayError,
+    NotFoundError,
+    RenderTimeoutError,
+    SnapshotUnusableError,
+)
 from gateway.minio_urls import ObjectLocation, UrlRefusal, parse_minio_url
 from gateway.models import Artifact, ArtifactType
 from gateway.objectstore import FetchedObject, FetchFailure, make_reader
@@ -73,6 +78,10 @@ class ImageService:
         self.reader = make_reader(settings)
         self.renderer = Renderer(settings=settings, metrics=metrics)
         self.cache: ByteCache[CacheKey] = ByteCache(max_bytes=settings.image_cache_mb * 1024 * 1024)
+        # fingerprint -> why its render failed or timed out, for a short while (negative cache).
+        self._render_failures: TTLCache[str, GatewayError] = TTLCache(
+            maxsize=10_000, ttl=settings.render_failure_ttl_s
+        )
         # artifact id + url -> object ETag, or a FetchFailure seen recently.
         self._object_memo: TTLCache[tuple[int, str], str | FetchFailure] = TTLCache(
             maxsize=100_000, ttl=REVALIDATE_S
@@ -213,6 +222,12 @@ class ImageService:
         fingerprint = render_fingerprint(snapshot, choice.spec)
         key = (row.id, "regenerated", fingerprint)
 
+        remembered = self._render_failures.get(fingerprint)
+        if remembered is not None:
+            # A render that just failed or timed out is not retried by every request for it.
+            log.info("chart.render_failure_remembered", artifact_id=row.id, error=str(remembered))
+            raise remembered
+
         async def produce() -> bytes:
             return await self.renderer.render(snapshot, choice.spec)
 
@@ -220,7 +235,12 @@ class ImageService:
             data, hit = await self.cache.get_or_produce(key, produce)
         except SnapshotError as exc:
             self._unavailable(row, "bad_snapshot", str(exc))
-            raise SnapshotUnusableError(f"stored snapshot cannot be drawn: {exc}") from None
+            failure = SnapshotUnusableError(f"stored snapshot cannot be drawn: {exc}")
+            self._render_failures[fingerprint] = failure
+            raise failure from None
+        except RenderTimeoutError as exc:
+            self._render_failures[fingerprint] = exc
+            raise
         self._count("regenerated", hit)
         log.info(
             "chart.regenerated",

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import strictjson
 
 REQUEST_ID_HEADER = "x-request-id"
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 log = structlog.get_logger("gateway")
@@ -228,12 +229,13 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             route_label = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
+            # Labels come from a closed set: any method name a client invents is one series.
+            method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
             self.metrics.http_requests.labels(method, route_label, str(status)).inc()
             self.metrics.http_latency.labels(method, route_label).observe(elapsed)
             log.info(
                 "http.request",
-                method=method,
+                method=scope["method"][:16],
                 path=scope["path"],
                 route=route_label,
                 status=status,

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     render_timeout_s: float = Field(default=10.0, gt=0, validation_alias="GATEWAY_RENDER_TIMEOUT_S")
     # Renders waiting or running per worker; each still answers within render_timeout_s.
     render_queue: int = Field(default=32, ge=1, le=10_000, validation_alias="GATEWAY_RENDER_QUEUE")
+    # A render that failed or timed out is remembered this long: not retried by every request.
+    render_failure_ttl_s: float = Field(
+        default=30.0, ge=0, validation_alias="GATEWAY_RENDER_FAILURE_TTL_S"
+    )
     max_bars: int = Field(default=2000, ge=10, validation_alias="GATEWAY_MAX_BARS")
     max_snapshot_bars: int = Field(
         default=100_000, ge=10, validation_alias="GATEWAY_MAX_SNAPSHOT_BARS"

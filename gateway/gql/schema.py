@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 
 import strawberry
 import structlog
@@ -213,6 +214,35 @@ class GatewaySchema(strawberry.Schema):
                 )
 
 
+_SUGGESTION = re.compile(r" Did you mean [^?]*\?")
+
+
+class HideSuggestions(SchemaExtension):
+    """Production: no "Did you mean ...?" in errors (with introspection off, they would list the
+    schema's names one guess at a time)."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is not None and result.errors:
+            result.errors = [_without_suggestions(e) for e in result.errors]
+
+
+def _without_suggestions(error: GraphQLError) -> GraphQLError:
+    message = _SUGGESTION.sub("", error.message)
+    if message == error.message:
+        return error
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=error.original_error,
+        extensions=error.extensions,
+    )
+
+
 def build_schema(*, production: bool = False) -> strawberry.Schema:
     """The schema with its guardrails; production adds error masking and no introspection."""
     # Factories, not instances: strawberry builds fresh extensions for every operation.
@@ -226,6 +256,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
     if production:
         extensions += [
             DisableIntrospection,
+            HideSuggestions,
             lambda: MaskErrors(should_mask_error=lambda e: not is_client_error(e)),
         ]
     return GatewaySchema(query=Query, mutation=Mutation, extensions=extensions)

@@ -24,6 +24,7 @@ from strawberry.types import ExecutionContext, Info
 from gateway import repair, repository
 from gateway.errors import GatewayError, InvalidInputError, UnauthorizedError
 from gateway.gql.context import Context
+from gateway.gql.cost import count_selections, operation_cost
 from gateway.gql.cursors import decode_cursor, encode_cursor
 from gateway.gql.types import (
     Artifact,
@@ -38,6 +39,9 @@ from gateway.services import check_artifact_id
 MAX_DEPTH = 10
 MAX_ALIASES = 15
 MAX_TOKENS = 2000
+# Field selections per document: far above any real query, far below seconds of validation.
+MAX_SELECTIONS = 100
+DEFAULT_MAX_QUERY_COST = 1000
 DEFAULT_PAGE = 50
 MAX_PAGE = 100
 MAX_REPAIR_IDS = 1000
@@ -243,7 +247,48 @@ def _without_suggestions(error: GraphQLError) -> GraphQLError:
     )
 
 
-def build_schema(*, production: bool = False) -> strawberry.Schema:
+class QueryBudget(ValidationCache):
+    """Selections and cost are checked before validation runs (validation is where a document
+    of repeated fields spends its seconds); past either bound, nothing is validated or read."""
+
+    def __init__(self, *, max_cost: int, max_selections: int = MAX_SELECTIONS) -> None:
+        super().__init__(maxsize=256)
+        self.max_cost = max_cost
+        self.max_selections = max_selections
+
+    def on_validate(self) -> Iterator[None]:
+        problem = self._problem()
+        if problem is None:
+            yield from super().on_validate()
+            return
+        self.execution_context.pre_execution_errors = [
+            GraphQLError(problem, extensions={"code": "QUERY_TOO_COSTLY"})
+        ]
+        yield
+
+    def _problem(self) -> str | None:
+        context = self.execution_context
+        document = context.graphql_document
+        if document is None:
+            return None
+        selections = count_selections(document)
+        if selections > self.max_selections:
+            return (
+                f"the document has {selections} field selections; "
+                f"at most {self.max_selections} are allowed"
+            )
+        cost = operation_cost(document, context.operation_name, context.variables)
+        if cost > self.max_cost:
+            return (
+                f"query cost {cost} exceeds the budget of {self.max_cost} "
+                "(GATEWAY_MAX_QUERY_COST): ask for a smaller page or fewer costly fields"
+            )
+        return None
+
+
+def build_schema(
+    *, production: bool = False, max_query_cost: int = DEFAULT_MAX_QUERY_COST
+) -> strawberry.Schema:
     """The schema with its guardrails; production adds error masking and no introspection."""
     # Factories, not instances: strawberry builds fresh extensions for every operation.
     extensions: list[Callable[[], SchemaExtension]] = [
@@ -251,7 +296,7 @@ def build_schema(*, production: bool = False) -> strawberry.Schema:
         lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
         lambda: ParserCache(maxsize=256),
-        lambda: ValidationCache(maxsize=256),
+        lambda: QueryBudget(max_cost=max_query_cost),
     ]
     if production:
         extensions += [

@@ -7,7 +7,6 @@ import enum
 from datetime import datetime
 from typing import Any
 
-import anyio.to_thread
 import strawberry
 from strawberry.scalars import JSON
 
@@ -23,10 +22,9 @@ from gateway.rows import (
     json_field,
     meta_dict,
     minio_url_of,
-    snapshot_of,
 )
 from gateway.settings import Settings
-from gateway.snapshots import SnapshotSummary, summarize_snapshot
+from gateway.snapshots import SnapshotSummary
 
 
 @strawberry.enum(description="What an artifact holds.")
@@ -86,18 +84,9 @@ class ChartInfo:
     )
     spec: JSON | None = strawberry.field(description="The chartkit spec recorded at publish.")
     row: strawberry.Private[models.Artifact]
-    summary: strawberry.Private[list[SnapshotSummary | None]]
 
     async def _summary(self, info: strawberry.Info[Context, None]) -> SnapshotSummary | None:
-        if not self.summary:  # parsed once per request, whichever field asks first
-            max_bars = info.context.services.settings.max_snapshot_bars
-            snapshot = snapshot_of(self.row)
-            self.summary.append(
-                await anyio.to_thread.run_sync(
-                    lambda: summarize_snapshot(snapshot, max_bars=max_bars)
-                )
-            )
-        return self.summary[0]
+        return await info.context.snapshot_summary(self.row)
 
     @strawberry.field(description="Bars in metadata.market_data_snapshot; null when unreadable.")
     async def snapshot_bars(self, info: strawberry.Info[Context, None]) -> int | None:
@@ -128,7 +117,6 @@ def chart_info(row: models.Artifact, settings: Settings) -> ChartInfo:
         renderer_version=version if isinstance(version, str) else None,
         spec=spec,
         row=row,
-        summary=[],
     )
 
 

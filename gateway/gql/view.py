@@ -44,7 +44,7 @@ class GatewayGraphQL(GraphQL[Context, None]):
 def graphql_app(settings: Settings) -> GatewayGraphQL:
     """The /graphql endpoint: guardrails always, GraphiQL and introspection outside production."""
     return GatewayGraphQL(
-        build_schema(production=settings.production),
+        build_schema(production=settings.production, max_query_cost=settings.max_query_cost),
         graphql_ide=None if settings.production else "graphiql",
         allow_queries_via_get=True,
     )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
 from chartkit import random_walk_bars
+from gateway import snapshots
 
 
 @pytest.fixture
@@ -73,3 +77,79 @@ def test_a_snapshot_that_fails_to_render_is_remembered(
     assert [a.status_code for a in answers] == [422, 422, 422]
     assert all("bar 7" in a.json()["detail"] for a in answers)
     assert "gateway_chart_render_seconds_count 1.0" in client.get("/metrics").text
+
+
+@pytest.fixture
+def statements() -> Iterator[list[str]]:
+    """Every SQL statement any engine runs during the test (the real driver, counted)."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(Engine, "before_cursor_execute", record)
+
+
+HEAVY_PAGE = "{ artifacts(first: 100) { edges { node { chart { snapshotBars } } } } }"
+
+
+def test_a_query_over_its_cost_budget_is_refused_before_any_row_is_read(
+    client: TestClient, insert: Callable[..., int], statements: list[str]
+) -> None:
+    insert(meta={"market_data_snapshot": random_walk_bars(50, seed=1)})
+    statements.clear()
+    body = client.post("/graphql", json={"query": HEAVY_PAGE}).json()
+    assert body["data"] is None
+    (error,) = body["errors"]
+    assert error["message"].startswith("query cost 2100 exceeds the budget of 1000")
+    assert error["extensions"] == {"code": "QUERY_TOO_COSTLY"}
+    assert not [s for s in statements if "artifacts" in s]
+
+
+def test_aliases_and_variables_count_towards_the_cost(client: TestClient) -> None:
+    aliased = (
+        "{ "
+        + " ".join(
+            f"a{i}: artifacts(first: $n) {{ edges {{ node {{ metadata }} }} }}" for i in range(4)
+        )
+        + " }"
+    )
+    query = "query($n: Int) " + aliased
+    over = client.post("/graphql", json={"query": query, "variables": {"n": 50}}).json()
+    assert over["errors"][0]["message"].startswith("query cost 1200 exceeds")
+    under = client.post("/graphql", json={"query": query, "variables": {"n": 10}}).json()
+    assert "errors" not in under
+
+
+def test_a_document_of_repeated_selections_is_refused_before_validation(
+    client: TestClient,
+) -> None:
+    fields = " ".join("lineage { status }" for _ in range(430))
+    body = client.post("/graphql", json={"query": f"{{ artifact(id: 1) {{ {fields} }} }}"}).json()
+    assert body["errors"][0]["message"] == (
+        "the document has 861 field selections; at most 100 are allowed"
+    )
+
+
+def test_a_rows_snapshot_is_parsed_once_however_many_aliases_ask(
+    client: TestClient, insert: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parses: list[int] = []
+    real = snapshots.load_snapshot
+
+    def counting(obj: Any, **kwargs: Any) -> Any:
+        parses.append(1)
+        return real(obj, **kwargs)
+
+    monkeypatch.setattr(snapshots, "load_snapshot", counting)
+    artifact_id = insert(meta={"market_data_snapshot": random_walk_bars(50, seed=3)})
+    aliases = " ".join(
+        f"c{i}: chart {{ snapshotBars snapshotRange {{ first }} }}" for i in range(10)
+    )
+    body = client.post(
+        "/graphql", json={"query": f"{{ artifact(id: {artifact_id}) {{ {aliases} }} }}"}
+    ).json()
+    assert body["data"]["artifact"]["c9"]["snapshotBars"] == 50
+    assert len(parses) == 1

@@ -87,7 +87,7 @@ def test_graphql_page_lists_every_row_and_fails_only_the_unreadable_field(
     response = client.post(
         "/graphql",
         json={
-            "query": "{ artifacts(first: 100) { edges { node { id name metadata chartData "
+            "query": "{ artifacts(first: 20) { edges { node { id name metadata chartData "
             "chart { snapshotBars } lineage { status } } } } }"
         },
     )

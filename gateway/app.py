@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route
 
+from gateway.deadline import RequestDeadlineMiddleware
 from gateway.errors import GatewayError
 from gateway.gql.view import graphql_app
 from gateway.observability import Metrics, RequestContextMiddleware, configure_logging
@@ -74,6 +75,8 @@ def _middleware(settings: Settings, metrics_: Metrics) -> list[Middleware]:
         Middleware(
             UnexpectedErrorMiddleware, html_prefix="/ui", html_response=unexpected_error_page
         ),
+        # Inside the error handler: a request cut short is never reported as a crash.
+        Middleware(RequestDeadlineMiddleware, timeout_s=settings.request_timeout_s),
         # The front end calls GraphQL from the browser; no origin is allowed unless listed.
         Middleware(
             CORSMiddleware,

@@ -211,7 +211,7 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
-        status = 500
+        status = 0
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -227,6 +227,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
+            if status == 0:  # no response: the client hung up (499), or a crash (500)
+                status = scope.get("state", {}).get("status_override", 500)
             route = scope.get("route")
             route_label = getattr(route, "path", None) or "unmatched"
             # Labels come from a closed set: any method name a client invents is one series.

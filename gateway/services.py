@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
 import anyio.to_thread
 import structlog
 from sqlalchemy.engine import Engine
@@ -36,6 +37,7 @@ log = structlog.get_logger("gateway")
 # Ids are BIGINT on PostgreSQL: anything larger is malformed, not merely absent.
 MAX_ID = 2**63 - 1
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
+CPU_THREADS = 2
 
 
 @dataclass
@@ -47,6 +49,9 @@ class Services:
     metrics: Metrics
     resolver: LineageResolver
     images: ImageService
+    # Threads for CPU-heavy parsing (snapshot summaries): apart from database reads, and few,
+    # so parsing can never take every thread or starve the event loop of the GIL for long.
+    cpu_limiter: anyio.CapacityLimiter
 
 
 @asynccontextmanager
@@ -66,7 +71,12 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
         log.warning("gateway.admin_token_refused", reason=problem)
     try:
         yield Services(
-            settings=settings, engine=engine, metrics=metrics, resolver=resolver, images=images
+            settings=settings,
+            engine=engine,
+            metrics=metrics,
+            resolver=resolver,
+            images=images,
+            cpu_limiter=anyio.CapacityLimiter(CPU_THREADS),
         )
     finally:
         resolver.stop_warm_up()

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
 
     # GraphQL work a request may ask for (prices in gateway/gql/cost.py and the README).
     max_query_cost: int = Field(default=1000, ge=1, validation_alias="GATEWAY_MAX_QUERY_COST")
+    # Wall-clock bound of one request's work (it also stops when the client disconnects).
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, validation_alias="GATEWAY_REQUEST_TIMEOUT_S"
+    )
+    max_response_mb: int = Field(default=16, ge=1, validation_alias="GATEWAY_MAX_RESPONSE_MB")
     image_cache_mb: int = Field(default=64, ge=0, validation_alias="GATEWAY_IMAGE_CACHE_MB")
     render_concurrency: int = Field(default=2, ge=1, validation_alias="GATEWAY_RENDER_CONCURRENCY")
     render_timeout_s: float = Field(default=10.0, gt=0, validation_alias="GATEWAY_RENDER_TIMEOUT_S")

@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "gateway.services": 3,
     # delivery
     "gateway.problems": 4,
+    "gateway.deadline": 4,
     "gateway.routes": 4,
     "gateway.ui": 4,
     "gateway.cli": 4,

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from starlette.testclient import TestClient
 
 from chartkit import random_walk_bars
 from gateway import snapshots
+from gateway.db import init_db, make_engine
+from gateway.models import Artifact
+from tests.faults import SilentListener
+from tests.servers import GatewayProcess
 
 
 @pytest.fixture
@@ -153,3 +163,94 @@ def test_a_rows_snapshot_is_parsed_once_however_many_aliases_ask(
     ).json()
     assert body["data"]["artifact"]["c9"]["snapshotBars"] == 50
     assert len(parses) == 1
+
+
+def test_a_response_over_the_size_cap_is_a_clear_error_not_a_huge_body(
+    make_client: Callable[..., TestClient], insert: Callable[..., int]
+) -> None:
+    client = make_client(max_response_mb=1)
+    for seed in range(4):  # ~4 x 0.4 MB of snapshot in metadata
+        insert(meta={"market_data_snapshot": random_walk_bars(4000, seed=seed)})
+    response = client.post(
+        "/graphql", json={"query": "{ artifacts(first: 10) { edges { node { metadata } } } }"}
+    )
+    assert len(response.content) < 1024
+    (error,) = response.json()["errors"]
+    assert error["extensions"] == {"code": "RESPONSE_TOO_LARGE"}
+    assert "more than GATEWAY_MAX_RESPONSE_MB (1 MB)" in error["message"]
+    small = client.post("/graphql", json={"query": "{ artifacts(first: 1) { edges { cursor } } }"})
+    assert "errors" not in small.json()
+
+
+def test_a_request_past_its_deadline_is_a_503_with_retry_after(
+    make_client: Callable[..., TestClient], insert: Callable[..., int]
+) -> None:
+    hung = SilentListener()  # an MLflow that accepts and never answers: lineage waits 2 x 2 s
+    try:
+        client = make_client(
+            mlflow_tracking_uri=hung.url, mlflow_timeout_s=2.0, request_timeout_s=0.5
+        )
+        artifact_id = insert(workflow_id="wf-slow")
+        response = client.get(f"/api/artifacts/{artifact_id}")
+    finally:
+        hung.close()
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "GATEWAY_REQUEST_TIMEOUT_S (0.5 s)" in response.json()["detail"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_client_that_hangs_up_stops_the_work_it_asked_for(tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'gw.db'}"
+    engine = make_engine(database)
+    init_db(engine)
+    with Session(engine) as session:  # 40 rows of 20,000 bars: seconds of parsing in all
+        for seed in range(40):
+            snapshot = random_walk_bars(20_000, seed=seed)
+            session.add(
+                Artifact(
+                    name=f"a{seed}", artifact_type="chart", meta={"market_data_snapshot": snapshot}
+                )
+            )
+        session.commit()
+    engine.dispose()
+    env = {"DATABASE_URL": database, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    query = '{"query": "{ artifacts(first: 40) { edges { node { chart { snapshotBars } } } } }"}'
+    with GatewayProcess(tmp_path, env) as gateway:
+        gateway.wait_until_listening()
+        assert gateway.process is not None
+        pid = gateway.process.pid
+        # Quiet first: the fresh MLflow store's warm-up burns CPU of its own.
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{gateway.url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the gateway never became ready"
+        with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+            idle = cpu_seconds(pid)
+            sock.sendall(
+                f"POST /graphql HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                f"X-Request-ID: gone-1\r\nContent-Length: {len(query)}\r\n\r\n{query}".encode()
+            )
+            # Hang up once the rows are read and parsing is under way: reading the page costs
+            # about 2.7 s of CPU here, parsing its 40 snapshots about 4.5 s more (CPU time, so
+            # the same on a slower machine).
+            deadline = time.monotonic() + 120
+            while cpu_seconds(pid) - idle < 3.5:
+                assert time.monotonic() < deadline, "the request never got busy"
+                time.sleep(0.05)
+        time.sleep(1.0)  # the parses in flight finish; nothing new starts
+        before = cpu_seconds(pid)
+        time.sleep(3.0)
+        burnt = cpu_seconds(pid) - before
+        gateway.stop()
+        events = [json.loads(line) for line in gateway.output_lines()]
+    assert burnt < 0.5, f"{burnt:.2f} s of CPU spent for a client that was gone"
+    request = [
+        e for e in events if e.get("request_id") == "gone-1" and e["event"] == "http.request"
+    ]
+    assert [e["status"] for e in request] == [499]
+    assert any(e["event"] == "http.client_disconnected" for e in events)

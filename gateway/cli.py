@@ -37,6 +37,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         # 5 s in httpx): the client must always be the side that closes an idle connection,
         # or a request sent as the server closes it fails with a reset.
         timeout_keep_alive=args.keep_alive,
+        # Open connections per worker, idle and slow ones included: past it, uvicorn answers 503
+        # at once instead of holding file descriptors until the process runs out.
+        limit_concurrency=settings.max_connections,
         access_log=False,  # the gateway logs its own `http.request` event with the request id
         log_config=None,
         proxy_headers=True,

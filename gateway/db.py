@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel, create_engine
 
 from gateway.models import Artifact
+from gateway.repository import workflow_index_ddl
 from gateway.strictjson import dumps_stored, loads_stored
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -70,5 +71,13 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def init_db(engine: Engine) -> None:
-    """Create the artifacts table when it does not exist (never alters an existing one)."""
+    """Create the artifacts table when it does not exist (never alters an existing one).
+
+    A table created here also gets the expression index the workflow filter uses; on an
+    existing (production) table that index is the operator's to create (README, "Limits").
+    """
+    created = not inspect(engine).has_table("artifacts")
     SQLModel.metadata.create_all(engine, tables=[Artifact.__table__])  # type: ignore[attr-defined]
+    if created:
+        with engine.begin() as connection:
+            connection.execute(text(workflow_index_ddl(engine.dialect)))

@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import anyio.to_thread
-from sqlalchemy import ColumnElement, and_, case, func, or_, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Dialect,
+    Text,
+    and_,
+    case,
+    func,
+    literal_column,
+    or_,
+    text,
+    update,
+)
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
@@ -27,22 +38,37 @@ class Page:
 
 
 def _metadata_text(key: str, dialect: str) -> ColumnElement[str]:
+    # Keys are literals, not bind parameters: an expression index can only match a query whose
+    # expression is spelled the same way (see `workflow_index_ddl`).
     column = Artifact.__table__.c.metadata  # type: ignore[attr-defined]
-    value: ColumnElement[str] = column[key].as_string()
     if dialect == "sqlite":
         # SQLite keeps JSON as text and other writers may have stored text that is not JSON;
         # json_extract would fail the whole query on such a row.
+        value = func.json_extract(column, literal_column(f"'$.{key}'"))
         return case((func.json_valid(column) == 1, value), else_=None)
-    return value
+    return column.op("->>", return_type=Text())(literal_column(f"'{key}'"))  # type: ignore[no-any-return]
 
 
 def effective_workflow_id_expr(dialect: str) -> ColumnElement[str]:
     """SQL for the workflow id used by lineage: column, else metadata workflow_id/dag_run_id."""
     return func.coalesce(
-        func.nullif(col(Artifact.workflow_id), ""),
+        func.nullif(col(Artifact.workflow_id), literal_column("''")),
         _metadata_text("workflow_id", dialect),
         _metadata_text("dag_run_id", dialect),
     )
+
+
+WORKFLOW_INDEX = "ix_artifacts_effective_workflow"
+
+
+def workflow_index_ddl(dialect: Dialect) -> str:
+    """CREATE INDEX for the workflow filter's expression, compiled from the very expression the
+    queries use (an expression index is only used when the two match)."""
+    expression = effective_workflow_id_expr(dialect.name).compile(
+        dialect=dialect, compile_kwargs={"literal_binds": True}
+    )
+    unqualified = str(expression).replace("artifacts.", "")
+    return f"CREATE INDEX IF NOT EXISTS {WORKFLOW_INDEX} ON artifacts (({unqualified}))"
 
 
 def _dialect(session: Session) -> str:

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0, validation_alias="GATEWAY_REQUEST_TIMEOUT_S"
     )
+    max_connections: int = Field(default=1000, ge=1, validation_alias="GATEWAY_MAX_CONNECTIONS")
     max_response_mb: int = Field(default=16, ge=1, validation_alias="GATEWAY_MAX_RESPONSE_MB")
     image_cache_mb: int = Field(default=64, ge=0, validation_alias="GATEWAY_IMAGE_CACHE_MB")
     render_concurrency: int = Field(default=2, ge=1, validation_alias="GATEWAY_RENDER_CONCURRENCY")

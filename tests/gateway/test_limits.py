@@ -254,3 +254,24 @@ def test_a_client_that_hangs_up_stops_the_work_it_asked_for(tmp_path: Path) -> N
     ]
     assert [e["status"] for e in request] == [499]
     assert any(e["event"] == "http.client_disconnected" for e in events)
+
+
+def test_gateway_serve_bounds_open_connections_idle_ones_included(tmp_path: Path) -> None:
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'gw.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+        "GATEWAY_MAX_CONNECTIONS": "4",
+    }
+    with GatewayProcess(tmp_path, env) as gateway:
+        gateway.wait_until_listening()
+        silent = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(4)]
+        try:
+            time.sleep(0.5)  # the server has accepted them all
+            refused = httpx.get(f"{gateway.url}/healthz", timeout=10)
+        finally:
+            for sock in silent:
+                sock.close()
+        time.sleep(0.5)
+        served = httpx.get(f"{gateway.url}/healthz", timeout=10)
+    assert refused.status_code == 503
+    assert served.status_code == 200

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
+import anyio.to_thread
 import structlog
 from cachetools import TTLCache
 
@@ -43,6 +45,9 @@ Source = Literal["auto", "minio", "regenerated"]
 # How long the gateway trusts what it learnt about an object (its ETag, or that it is missing)
 # before asking MinIO again. Cache-Control max-age matches it.
 REVALIDATE_S = 30.0
+# Snapshots up to this many bars are hashed on the event loop (about a millisecond); larger
+# ones in a worker thread.
+ON_LOOP_FINGERPRINT_BARS = 2000
 CacheKey = tuple[Any, ...]
 
 
@@ -72,9 +77,16 @@ def render_fingerprint(snapshot: Any, spec: ChartSpec) -> str:
 class ImageService:
     """Serves chart PNGs for artifacts; one per app, shared by all requests."""
 
-    def __init__(self, *, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        metrics: Metrics,
+        cpu_limiter: anyio.CapacityLimiter | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.cpu_limiter = cpu_limiter
         self.reader = make_reader(settings)
         self.renderer = Renderer(settings=settings, metrics=metrics)
         self.cache: ByteCache[CacheKey] = ByteCache(max_bytes=settings.image_cache_mb * 1024 * 1024)
@@ -106,7 +118,15 @@ class ImageService:
         capped = ChartSpec.from_dict({**choice.spec.to_dict(), "max_bars": self.settings.max_bars})
         return SpecChoice(capped, choice.origin, choice.problem)
 
-    def etag_if_known(self, row: Artifact, source: Source) -> str | None:
+    async def _fingerprint(self, snapshot: Any, spec: ChartSpec, bars: int | None) -> str:
+        # Hashing a large snapshot (a JSON dump of every bar) is CPU work: off the event loop.
+        if bars is not None and bars <= ON_LOOP_FINGERPRINT_BARS:
+            return render_fingerprint(snapshot, spec)
+        return await anyio.to_thread.run_sync(
+            render_fingerprint, snapshot, spec, limiter=self.cpu_limiter
+        )
+
+    async def etag_if_known(self, row: Artifact, source: Source) -> str | None:
         """The ETag a response would carry, when it is known without I/O (for 304s)."""
         assert row.id is not None
         if source != "regenerated" and self.reader is not None:
@@ -123,7 +143,7 @@ class ImageService:
         bars = count_bars(snapshot)
         if snapshot is None or (bars is not None and bars > self.settings.max_snapshot_bars):
             return None
-        return f'"r-{render_fingerprint(snapshot, self.spec_for(row).spec)}"'
+        return f'"r-{await self._fingerprint(snapshot, self.spec_for(row).spec, bars)}"'
 
     # -- serving ----------------------------------------------------------------------------
     async def image(self, row: Artifact, *, source: Source = "auto") -> ChartImage:
@@ -219,7 +239,7 @@ class ImageService:
         choice = self.spec_for(row)
         if choice.problem is not None:
             log.info("chart.spec_refused", artifact_id=row.id, reason=choice.problem)
-        fingerprint = render_fingerprint(snapshot, choice.spec)
+        fingerprint = await self._fingerprint(snapshot, choice.spec, bars)
         key = (row.id, "regenerated", fingerprint)
 
         remembered = self._render_failures.get(fingerprint)

@@ -134,7 +134,7 @@ async def artifact_image(request: Request) -> Response:
     row = await load_artifact(services, artifact_id)
     if_none_match = request.headers.get("if-none-match")
     if if_none_match:
-        known = services.images.etag_if_known(row, source)
+        known = await services.images.etag_if_known(row, source)
         if known is not None and _etag_matches(if_none_match, known):
             return Response(
                 status_code=304, headers={"ETag": known, "Cache-Control": IMAGE_CACHE_CONTROL}

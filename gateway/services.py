@@ -65,7 +65,8 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
         log.warning("db.unavailable_at_startup", error=str(exc).splitlines()[0])
     resolver = build_resolver(settings, metrics)
     resolver.start_warm_up(budget_s=settings.mlflow_warmup_s)
-    images = ImageService(settings=settings, metrics=metrics)
+    cpu_limiter = anyio.CapacityLimiter(CPU_THREADS)
+    images = ImageService(settings=settings, metrics=metrics, cpu_limiter=cpu_limiter)
     problem = settings.admin_token_problem()
     if problem is not None and settings.admin_token is not None:
         log.warning("gateway.admin_token_refused", reason=problem)
@@ -76,7 +77,7 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
             metrics=metrics,
             resolver=resolver,
             images=images,
-            cpu_limiter=anyio.CapacityLimiter(CPU_THREADS),
+            cpu_limiter=cpu_limiter,
         )
     finally:
         resolver.stop_warm_up()

@@ -62,7 +62,7 @@ class RequestDeadlineMiddleware:
                     return
                 await inbox_send.send(message)
 
-        with anyio.move_on_after(self.timeout_s) as deadline:
+        with inbox_send, inbox, anyio.move_on_after(self.timeout_s) as deadline:
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(watch, group.cancel_scope)

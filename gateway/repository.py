@@ -37,6 +37,14 @@ class Page:
     has_next: bool
 
 
+# A \uD800-\uDBFF escape not followed by a low one, or a \uDC00-\uDFFF escape not preceded by
+# a high one (PostgreSQL regular expression, as an SQL string literal).
+_LONE_SURROGATE_SQL = (
+    "'\\\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    "|(?<!\\\\u[dD][89abAB][0-9a-fA-F]{2})\\\\u[dD][c-fC-F][0-9a-fA-F]{2}'"
+)
+
+
 def _metadata_text(key: str, dialect: str) -> ColumnElement[str]:
     # Keys are literals, not bind parameters: an expression index can only match a query whose
     # expression is spelled the same way (see `workflow_index_ddl`).
@@ -46,7 +54,12 @@ def _metadata_text(key: str, dialect: str) -> ColumnElement[str]:
         # json_extract would fail the whole query on such a row.
         value = func.json_extract(column, literal_column(f"'$.{key}'"))
         return case((func.json_valid(column) == 1, value), else_=None)
-    return column.op("->>", return_type=Text())(literal_column(f"'{key}'"))  # type: ignore[no-any-return]
+    # PostgreSQL's `->>` fails the whole query on a document holding a lone surrogate escape
+    # (other writers store them; its json type accepts them on input). Such a row is not matched
+    # by its metadata; every other row still is.
+    readable = ~column.cast(Text).op("~")(literal_column(_LONE_SURROGATE_SQL))
+    value = column.op("->>", return_type=Text())(literal_column(f"'{key}'"))
+    return case((readable, value), else_=None)
 
 
 def effective_workflow_id_expr(dialect: str) -> ColumnElement[str]:

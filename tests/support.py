@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from gateway.settings import Settings
 from tests.servers import postgres_unreachable_reason
@@ -64,3 +66,13 @@ def lineage_settings(settings: Settings, tracking_uri: str, **extra: Any) -> Set
         "mlflow_breaker_cooldown_s": 0.5,
     }
     return with_overrides(settings, **{**defaults, **extra})
+
+
+def write_raw(engine: Engine, artifact_id: int, column: str, raw_json: str) -> None:
+    """Store JSON text as another writer would: bypassing the gateway's own encoder."""
+    value = ":v" if engine.dialect.name == "sqlite" else "CAST(:v AS json)"
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"UPDATE artifacts SET {column} = {value} WHERE id = :id"),
+            {"v": raw_json, "id": artifact_id},
+        )

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
 from chartkit import ChartSpec, random_walk_bars, render_chart
 from gateway.strictjson import MAX_DEPTH
 from tests.jsonstrict import strict_parse
+from tests.support import write_raw
 
 BARS = random_walk_bars(60, seed=21)
 DEEP = "[" * 3000 + "]" * 3000
@@ -41,16 +41,6 @@ STORED: dict[str, tuple[str, Any, bool]] = {
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client(max_snapshot_bars=1000)
-
-
-def write_raw(engine: Engine, artifact_id: int, column: str, raw_json: str) -> None:
-    """Store JSON text as another writer would: bypassing the gateway's own encoder."""
-    value = ":v" if engine.dialect.name == "sqlite" else "CAST(:v AS json)"
-    with engine.begin() as conn:
-        conn.execute(
-            text(f"UPDATE artifacts SET {column} = {value} WHERE id = :id"),
-            {"v": raw_json, "id": artifact_id},
-        )
 
 
 @pytest.fixture

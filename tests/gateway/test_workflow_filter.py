@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 
 from gateway.models import Artifact
 from gateway.repository import WORKFLOW_INDEX, effective_workflow_id_expr
+from tests.support import write_raw
 
 
 def test_the_filter_finds_the_workflow_wherever_a_row_keeps_it(
@@ -31,6 +32,25 @@ def test_the_filter_finds_the_workflow_wherever_a_row_keeps_it(
     nodes = [edge["node"] for edge in body["data"]["artifacts"]["edges"]]
     assert {n["id"] for n in nodes} == wanted
     assert {n["workflowId"] for n in nodes} == {"wf-1"}
+
+
+def test_a_row_holding_a_lone_surrogate_does_not_break_the_filter(
+    client: TestClient, engine: Engine, insert: Callable[..., int]
+) -> None:
+    # PostgreSQL's json type stores lone surrogate escapes but `->>` then fails the whole query
+    # (and, with the index, the write): such a row is not matched by its metadata there.
+    clean = insert(name="clean", meta={"workflow_id": "wf-9"})
+    paired = insert(name="emoji")
+    write_raw(engine, paired, "metadata", '{"note": "\\ud83d\\ude00", "workflow_id": "wf-9"}')
+    odd = insert(name="odd")
+    write_raw(engine, odd, "metadata", '{"note": "a\\ud800b", "workflow_id": "wf-9"}')
+    body = client.post(
+        "/graphql", json={"query": '{ artifacts(workflowId: "wf-9") { edges { node { id } } } }'}
+    ).json()
+    assert "errors" not in body, body
+    found = {edge["node"]["id"] for edge in body["data"]["artifacts"]["edges"]}
+    expected = {clean, paired} if engine.dialect.name == "postgresql" else {clean, paired, odd}
+    assert found == expected
 
 
 def test_the_filter_is_answered_from_the_expression_index(engine: Engine) -> None:

@@ -118,7 +118,11 @@ class LineageResolver:
 
     async def _run_warm_up(self) -> None:
         started = time.perf_counter()
-        await self.backend.warm_up()
+        try:
+            await self.backend.warm_up()
+        except Exception as exc:  # a failed opening is for the lookups to report, not a crash
+            log.warning("lineage.warm_up_failed", error=f"{type(exc).__name__}: {exc}"[:200])
+            return
         log.info("lineage.warmed_up", duration_ms=round((time.perf_counter() - started) * 1000))
 
     @property

@@ -100,6 +100,8 @@ def _route_stdlib_logging(
         foreign = logging.getLogger(name)
         foreign.handlers.clear()  # uvicorn's own plain-text handlers, if it installed them
         foreign.propagate = True
+    # Opening a fresh MLflow store runs ~70 alembic migrations, one INFO line each.
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 
 @dataclass

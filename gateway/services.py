@@ -30,7 +30,9 @@ from gateway.lineage import Key, Lineage, LineageResolver, Outcome, resolve_row
 from gateway.mlflow_backend import make_backend
 from gateway.models import Artifact
 from gateway.observability import Metrics
+from gateway.rows import snapshot_of
 from gateway.settings import Settings
+from gateway.snapshots import SnapshotSummary, summarize_snapshot
 
 log = structlog.get_logger("gateway")
 
@@ -131,6 +133,18 @@ async def load_artifact(services: Services, raw_id: str | int) -> Artifact:
     if row is None:
         raise NotFoundError(f"artifact {artifact_id} does not exist")
     return row
+
+
+async def snapshot_summary(services: Services, row: Artifact) -> SnapshotSummary | None:
+    """The row's snapshot summary, parsed in the CPU pool (never on the event loop, never in the
+    pool of database reads); a cancelled request abandons it instead of waiting for it."""
+    snapshot = snapshot_of(row)
+    max_bars = services.settings.max_snapshot_bars
+    return await anyio.to_thread.run_sync(
+        lambda: summarize_snapshot(snapshot, max_bars=max_bars),
+        abandon_on_cancel=True,
+        limiter=services.cpu_limiter,
+    )
 
 
 class RequestLineage:

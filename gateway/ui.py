@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import anyio
 import pandas as pd
 import structlog
 from starlette.requests import Request
@@ -28,15 +27,16 @@ from gateway.images import ChartImage, Source
 from gateway.lineage import LineageView, lineage_view
 from gateway.models import Artifact, ArtifactType
 from gateway.problems import retry_after, status_of
-from gateway.rows import created_at_of, effective_workflow_id, json_field, meta_dict, snapshot_of
+from gateway.rows import created_at_of, effective_workflow_id, json_field, meta_dict
 from gateway.services import (
     RequestLineage,
     Services,
     load_artifact,
     parse_artifact_id,
     services_of,
+    snapshot_summary,
 )
-from gateway.snapshots import SnapshotSummary, summarize_snapshot
+from gateway.snapshots import SnapshotSummary
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -268,12 +268,7 @@ async def artifact_detail(request: Request) -> Response:
     chart = market = None
     if row.artifact_type == ArtifactType.CHART:
         chart = await chart_of(services, row, "auto")
-        summary = await anyio.to_thread.run_sync(
-            lambda: summarize_snapshot(
-                snapshot_of(row), max_bars=services.settings.max_snapshot_bars
-            )
-        )
-        market = market_data(summary)
+        market = market_data(await snapshot_summary(services, row))
     unreadable = {
         column: problem
         for column, value in (("metadata", row.meta), ("chart_data", row.chart_data))

@@ -1,16 +1,15 @@
-"""Chart renders off the event loop: a bounded pool, a bounded queue, and a deadline.
+"""Chart renders in worker processes: a bounded pool, a bounded queue, and a deadline.
 
 A queued render still answers within `GATEWAY_RENDER_TIMEOUT_S` (waiting counts), so a deep
 queue cannot hold a request longer than one render deadline; past the queue bound, new renders
-are refused at once (503 + Retry-After at the edge). The pool is threads today; it is the one
-place to change for worker processes.
+are refused at once (503 + Retry-After at the edge). A render past its deadline, or one whose
+request was cancelled, is stopped: its worker process is terminated (`gateway.workers`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import chartkit
@@ -18,6 +17,7 @@ from chartkit import ChartSpec
 from gateway.errors import OverloadedError, RenderTimeoutError
 from gateway.observability import Metrics
 from gateway.settings import Settings
+from gateway.workers import WorkerPool
 
 
 class Renderer:
@@ -27,9 +27,7 @@ class Renderer:
         self.metrics = metrics
         self.timeout_s = settings.render_timeout_s
         self.max_snapshot_bars = settings.max_snapshot_bars
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.render_concurrency, thread_name_prefix="render"
-        )
+        self._pool = WorkerPool(workers=settings.render_concurrency)
         # Renders waiting or running; past this, new renders are refused instead of queued.
         self._slots = asyncio.Semaphore(max(settings.render_queue, 1))
 
@@ -39,17 +37,17 @@ class Renderer:
             raise OverloadedError("too many charts are being rendered; retry shortly")
         async with self._slots:
             started = time.perf_counter()
-            future = self._pool.submit(
+            job = self._pool.run(
                 chartkit.render_chart, snapshot, spec, max_snapshot_bars=self.max_snapshot_bars
             )
             try:
-                return await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.timeout_s)
+                # On timeout wait_for cancels the job, which terminates its worker.
+                return await asyncio.wait_for(job, timeout=self.timeout_s)
             except TimeoutError:
-                future.cancel()
                 raise RenderTimeoutError("chart rendering timed out") from None
             finally:
                 self.metrics.chart_render_seconds.observe(time.perf_counter() - started)
 
     def close(self) -> None:
-        """Stop the pool (running renders finish)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker processes (running renders are abandoned)."""
+        self._pool.close()

@@ -33,6 +33,7 @@ from gateway.observability import Metrics
 from gateway.rows import snapshot_of
 from gateway.settings import Settings
 from gateway.snapshots import SnapshotSummary, summarize_snapshot
+from gateway.workers import WorkerPool
 
 log = structlog.get_logger("gateway")
 
@@ -40,6 +41,8 @@ log = structlog.get_logger("gateway")
 MAX_ID = 2**63 - 1
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
 CPU_THREADS = 2
+# Worker processes that parse snapshots for summaries (renders have a pool of their own).
+PARSE_WORKERS = 2
 
 
 @dataclass
@@ -51,9 +54,10 @@ class Services:
     metrics: Metrics
     resolver: LineageResolver
     images: ImageService
-    # Threads for CPU-heavy parsing (snapshot summaries): apart from database reads, and few,
-    # so parsing can never take every thread or starve the event loop of the GIL for long.
+    # Threads for hashing snapshots: apart from database reads, and few.
     cpu_limiter: anyio.CapacityLimiter
+    # Worker processes for snapshot summaries: parsing never holds the serving process's GIL.
+    parser: WorkerPool
 
 
 @asynccontextmanager
@@ -69,6 +73,7 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
     resolver.start_warm_up(budget_s=settings.mlflow_warmup_s)
     cpu_limiter = anyio.CapacityLimiter(CPU_THREADS)
     images = ImageService(settings=settings, metrics=metrics, cpu_limiter=cpu_limiter)
+    parser = WorkerPool(workers=PARSE_WORKERS)
     problem = settings.admin_token_problem()
     if problem is not None and settings.admin_token is not None:
         log.warning("gateway.admin_token_refused", reason=problem)
@@ -80,10 +85,12 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
             resolver=resolver,
             images=images,
             cpu_limiter=cpu_limiter,
+            parser=parser,
         )
     finally:
         resolver.stop_warm_up()
         images.close()
+        parser.close()
         await resolver.backend.aclose()
         engine.dispose()
 
@@ -136,14 +143,13 @@ async def load_artifact(services: Services, raw_id: str | int) -> Artifact:
 
 
 async def snapshot_summary(services: Services, row: Artifact) -> SnapshotSummary | None:
-    """The row's snapshot summary, parsed in the CPU pool (never on the event loop, never in the
-    pool of database reads); a cancelled request abandons it instead of waiting for it."""
+    """The row's snapshot summary, parsed in a worker process (never on the event loop, never
+    in a thread of the serving process); a cancelled request stops the parse it started."""
     snapshot = snapshot_of(row)
-    max_bars = services.settings.max_snapshot_bars
-    return await anyio.to_thread.run_sync(
-        lambda: summarize_snapshot(snapshot, max_bars=max_bars),
-        abandon_on_cancel=True,
-        limiter=services.cpu_limiter,
+    if snapshot is None:
+        return None
+    return await services.parser.run(
+        summarize_snapshot, snapshot, max_bars=services.settings.max_snapshot_bars
     )
 
 

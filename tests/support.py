@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,36 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # The MLflow UI base the lineage tests configure; links are checked against it.
 UI = "http://mlflow.example.test"
 _pg_reason: list[str | None] = []
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and every process below it, from /proc.
+
+    Children that already ended count too (in their parent's cutime/cstime once reaped), so the
+    figure only grows: a worker process that is killed does not take its seconds with it.
+    """
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _proc_stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(fields[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier.extend(children)
+    ticks = 0
+    for member in tree:
+        if (fields := _proc_stat(member)) is not None:
+            ticks += sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def with_overrides(settings: Settings, **overrides: Any) -> Settings:

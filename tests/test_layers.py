@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "gateway.breaker": 2,
     "gateway.lineage": 2,
     "gateway.bytecache": 2,
+    "gateway.workers": 2,
     "gateway.renderer": 2,
     "gateway.images": 2,
     "gateway.snapshots": 2,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -18,11 +17,13 @@ from sqlmodel import Session
 from starlette.testclient import TestClient
 
 from chartkit import random_walk_bars
-from gateway import snapshots
 from gateway.db import init_db, make_engine
 from gateway.models import Artifact
+from gateway.snapshots import summarize_snapshot
+from gateway.workers import WorkerPool
 from tests.faults import SilentListener
 from tests.servers import GatewayProcess
+from tests.support import tree_cpu_seconds
 
 
 @pytest.fixture
@@ -146,14 +147,14 @@ def test_a_document_of_repeated_selections_is_refused_before_validation(
 def test_a_rows_snapshot_is_parsed_once_however_many_aliases_ask(
     client: TestClient, insert: Callable[..., int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parses: list[int] = []
-    real = snapshots.load_snapshot
+    parses: list[Any] = []
+    real = WorkerPool.run
 
-    def counting(obj: Any, **kwargs: Any) -> Any:
-        parses.append(1)
-        return real(obj, **kwargs)
+    async def counting(pool: WorkerPool, function: Any, *args: Any, **kwargs: Any) -> Any:
+        parses.append(function)  # parses run in worker processes: count the jobs sent there
+        return await real(pool, function, *args, **kwargs)
 
-    monkeypatch.setattr(snapshots, "load_snapshot", counting)
+    monkeypatch.setattr(WorkerPool, "run", counting)
     artifact_id = insert(meta={"market_data_snapshot": random_walk_bars(50, seed=3)})
     aliases = " ".join(
         f"c{i}: chart {{ snapshotBars snapshotRange {{ first }} }}" for i in range(10)
@@ -162,7 +163,7 @@ def test_a_rows_snapshot_is_parsed_once_however_many_aliases_ask(
         "/graphql", json={"query": f"{{ artifact(id: {artifact_id}) {{ {aliases} }} }}"}
     ).json()
     assert body["data"]["artifact"]["c9"]["snapshotBars"] == 50
-    assert len(parses) == 1
+    assert parses == [summarize_snapshot]
 
 
 def test_a_response_over_the_size_cap_is_a_clear_error_not_a_huge_body(
@@ -199,12 +200,6 @@ def test_a_request_past_its_deadline_is_a_503_with_retry_after(
     assert "GATEWAY_REQUEST_TIMEOUT_S (0.5 s)" in response.json()["detail"]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_a_client_that_hangs_up_stops_the_work_it_asked_for(tmp_path: Path) -> None:
     database = f"sqlite:///{tmp_path / 'gw.db'}"
     engine = make_engine(database)
@@ -230,22 +225,23 @@ def test_a_client_that_hangs_up_stops_the_work_it_asked_for(tmp_path: Path) -> N
         while httpx.get(f"{gateway.url}/readyz", timeout=10).status_code != 200:
             assert time.monotonic() < deadline, "the gateway never became ready"
         with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
-            idle = cpu_seconds(pid)
+            idle = tree_cpu_seconds(pid)
             sock.sendall(
                 f"POST /graphql HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
                 f"X-Request-ID: gone-1\r\nContent-Length: {len(query)}\r\n\r\n{query}".encode()
             )
             # Hang up once the rows are read and parsing is under way: reading the page costs
             # about 2.7 s of CPU here, parsing its 40 snapshots about 4.5 s more (CPU time, so
-            # the same on a slower machine).
+            # the same on a slower machine). Parses run in worker processes: the whole process
+            # tree is measured, so a worker left parsing for nobody would show.
             deadline = time.monotonic() + 120
-            while cpu_seconds(pid) - idle < 3.5:
+            while tree_cpu_seconds(pid) - idle < 3.5:
                 assert time.monotonic() < deadline, "the request never got busy"
                 time.sleep(0.05)
         time.sleep(1.0)  # the parses in flight finish; nothing new starts
-        before = cpu_seconds(pid)
+        before = tree_cpu_seconds(pid)
         time.sleep(3.0)
-        burnt = cpu_seconds(pid) - before
+        burnt = tree_cpu_seconds(pid) - before
         gateway.stop()
         events = [json.loads(line) for line in gateway.output_lines()]
     assert burnt < 0.5, f"{burnt:.2f} s of CPU spent for a client that was gone"

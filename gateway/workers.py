@@ -1,0 +1,70 @@
+"""CPU-heavy work (chart renders, snapshot parsing) in worker processes, not serving threads.
+
+A thread of the serving process holds its GIL while it parses or draws, so every request
+waits behind it, and a thread cannot be stopped. pebble's `ProcessPool` gives what threads
+cannot: a job whose caller gave up (deadline, client gone) is cancelled, and when it is already
+running its worker process is terminated and replaced, so no CPU is burnt for nobody.
+
+Workers are forked by a forkserver that imported chartkit once: forking the serving process
+itself (which runs threads) is unsafe, and spawning a fresh interpreter per worker would cost
+seconds of imports. They run at a lower OS priority than the serving process (`nice`), so on a
+busy machine answers come before pictures. A pool starts its processes on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pebble import ProcessPool
+
+T = TypeVar("T")
+# Imported once by the forkserver; every worker forked from it starts with them loaded.
+PRELOAD = ["chartkit", "gateway.snapshots"]
+# Added to the workers' niceness (0 = the serving process's priority, 19 = the lowest).
+WORKER_NICENESS = 10
+
+
+def _lower_priority(niceness: int) -> None:
+    # Where lowering is not allowed the worker keeps the server's priority, in its own process.
+    with contextlib.suppress(OSError):
+        os.nice(niceness)
+
+
+def _context() -> Any:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+class WorkerPool:
+    """A bounded pool of worker processes; `run` awaits one job without blocking the loop."""
+
+    def __init__(self, *, workers: int, niceness: int = WORKER_NICENESS) -> None:
+        self.workers = max(workers, 1)
+        self._pool = ProcessPool(
+            max_workers=self.workers,
+            initializer=_lower_priority,
+            initargs=(niceness,),
+            context=_context(),
+        )
+
+    async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`function(*args, **kwargs)` in a worker; its exception, if it raises, is re-raised.
+
+        Cancelling the awaiting task cancels the job: a queued one never starts, a running one
+        has its worker terminated (pebble starts a new one). `function` and its arguments must
+        be picklable (a module-level function and plain data).
+        """
+        future = self._pool.schedule(function, args=args, kwargs=kwargs)
+        # wrap_future cancels the pebble future when this task is cancelled.
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        """Stop the workers (running jobs are abandoned) and wait for the pool's threads."""
+        self._pool.stop()  # type: ignore[no-untyped-call]
+        self._pool.join(timeout=5)

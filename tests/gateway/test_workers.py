@@ -1,0 +1,118 @@
+"""Worker processes for CPU work: results, errors, priority, and jobs that are given up on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from chartkit import ChartSpec, SnapshotError, random_walk_bars, render_chart
+from gateway.errors import RenderTimeoutError
+from gateway.observability import Metrics
+from gateway.renderer import Renderer
+from gateway.settings import Settings
+from gateway.workers import WORKER_NICENESS, WorkerPool
+from tests.support import tree_cpu_seconds, with_overrides
+
+# Jobs are module-level functions: they travel to the worker by name.
+
+
+def niceness() -> int:
+    return os.nice(0)
+
+
+def spin_after_writing_pid(pid_file: str) -> None:
+    Path(pid_file).write_text(str(os.getpid()))
+    while True:
+        pass
+
+
+def refuse(message: str) -> None:
+    raise SnapshotError(message)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def pool() -> Iterator[WorkerPool]:
+    workers = WorkerPool(workers=1)
+    yield workers
+    workers.close()
+
+
+def wait_for_pid(pid_file: Path) -> int:
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.02)
+    return int(pid_file.read_text())
+
+
+def test_a_job_returns_what_the_function_returns(pool: WorkerPool) -> None:
+    bars = random_walk_bars(40, seed=5)
+    png = asyncio.run(pool.run(render_chart, bars, ChartSpec(symbol="W")))
+    assert png == render_chart(bars, ChartSpec(symbol="W"))
+
+
+def test_a_job_raises_the_functions_own_error(pool: WorkerPool) -> None:
+    with pytest.raises(SnapshotError, match="bar 3 is broken"):
+        asyncio.run(pool.run(refuse, "bar 3 is broken"))
+
+
+def test_workers_run_at_a_lower_priority_than_the_server(pool: WorkerPool) -> None:
+    expected = min(os.nice(0) + WORKER_NICENESS, 19)
+    assert asyncio.run(pool.run(niceness)) == expected
+
+
+def test_a_cancelled_job_stops_its_worker_and_the_pool_goes_on(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+
+    async def scenario() -> int:
+        job = asyncio.ensure_future(pool.run(spin_after_writing_pid, str(pid_file)))
+        pid = await asyncio.to_thread(wait_for_pid, pid_file)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        return pid
+
+    pid = asyncio.run(scenario())
+    deadline = time.monotonic() + 5
+    while alive(pid):
+        assert time.monotonic() < deadline, "the cancelled job's worker is still running"
+        time.sleep(0.05)
+    assert asyncio.run(pool.run(niceness)) >= 0  # a new worker took its place
+
+
+def test_a_render_past_its_deadline_burns_no_more_cpu(tmp_path: Path) -> None:
+    settings = with_overrides(
+        Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}"),
+        render_timeout_s=0.3,
+        render_concurrency=1,
+        max_snapshot_bars=100_000,
+    )
+    renderer = Renderer(settings=settings, metrics=Metrics())
+    # About 4 s of drawing here (minute bars: 100,000 days would run past year 2200).
+    bars = random_walk_bars(100_000, seed=8, step=timedelta(minutes=1))
+    try:
+        with pytest.raises(RenderTimeoutError):
+            asyncio.run(renderer.render(bars, ChartSpec(max_bars=100_000)))
+        time.sleep(0.3)  # the kill lands
+        before = tree_cpu_seconds(os.getpid())
+        time.sleep(2.0)
+        burnt = tree_cpu_seconds(os.getpid()) - before
+    finally:
+        renderer.close()
+    assert burnt < 0.5, f"{burnt:.2f} s of CPU spent on a render nobody waits for"

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 
 import strawberry
 import structlog
-from graphql import GraphQLError
+from cachetools import LRUCache
+from graphql import GraphQLError, print_ast
 from strawberry.extensions import (
     DisableIntrospection,
     MaskErrors,
@@ -17,8 +18,8 @@ from strawberry.extensions import (
     ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
-    ValidationCache,
 )
+from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext, Info
 
 from gateway import repair, repository
@@ -42,6 +43,8 @@ MAX_TOKENS = 2000
 # Field selections per document: far above any real query, far below seconds of validation.
 MAX_SELECTIONS = 100
 DEFAULT_MAX_QUERY_COST = 1000
+# Normalised documents remembered as valid, per schema.
+VALID_DOCUMENTS_CACHED = 512
 DEFAULT_PAGE = 50
 MAX_PAGE = 100
 MAX_REPAIR_IDS = 1000
@@ -247,23 +250,47 @@ def _without_suggestions(error: GraphQLError) -> GraphQLError:
     )
 
 
-class QueryBudget(ValidationCache):
+class QueryBudget(SchemaExtension):
     """Selections and cost are checked before validation runs (validation is where a document
-    of repeated fields spends its seconds); past either bound, nothing is validated or read."""
+    of repeated fields spends its seconds); past either bound, nothing is validated or read.
 
-    def __init__(self, *, max_cost: int, max_selections: int = MAX_SELECTIONS) -> None:
-        super().__init__(maxsize=256)
+    Documents that passed validation are remembered by their normalised text (`print_ast`:
+    no comments, no formatting), so `#1`, `#2`... variants of one query are validated once.
+    (Strawberry's `ValidationCache` never hits here: its key includes the rule classes, and the
+    depth/alias limiters build new ones for every operation.) Only success is remembered: an
+    error's locations belong to the text that was sent.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_cost: int,
+        valid_documents: LRUCache[str, bool],
+        max_selections: int = MAX_SELECTIONS,
+    ) -> None:
+        super().__init__()
         self.max_cost = max_cost
         self.max_selections = max_selections
+        self.valid_documents = valid_documents
 
     def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
         problem = self._problem()
-        if problem is None:
-            yield from super().on_validate()
-            return
-        self.execution_context.pre_execution_errors = [
-            GraphQLError(problem, extensions={"code": "QUERY_TOO_COSTLY"})
-        ]
+        if problem is not None:
+            context.pre_execution_errors = [
+                GraphQLError(problem, extensions={"code": "QUERY_TOO_COSTLY"})
+            ]
+        elif context.graphql_document is not None:
+            normalised = print_ast(context.graphql_document)
+            if normalised in self.valid_documents:
+                context.pre_execution_errors = []
+            else:
+                errors = validate_document(
+                    context.schema._schema, context.graphql_document, context.validation_rules
+                )
+                if not errors:
+                    self.valid_documents[normalised] = True
+                context.pre_execution_errors = errors
         yield
 
     def _problem(self) -> str | None:
@@ -291,12 +318,13 @@ def build_schema(
 ) -> strawberry.Schema:
     """The schema with its guardrails; production adds error masking and no introspection."""
     # Factories, not instances: strawberry builds fresh extensions for every operation.
+    valid_documents: LRUCache[str, bool] = LRUCache(maxsize=VALID_DOCUMENTS_CACHED)
     extensions: list[Callable[[], SchemaExtension]] = [
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
         lambda: ParserCache(maxsize=256),
-        lambda: QueryBudget(max_cost=max_query_cost),
+        lambda: QueryBudget(max_cost=max_query_cost, valid_documents=valid_documents),
     ]
     if production:
         extensions += [

@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from chartkit import random_walk_bars
 from gateway.db import init_db, make_engine
+from gateway.gql import schema as gql_schema
 from gateway.models import Artifact
 from gateway.snapshots import summarize_snapshot
 from gateway.workers import WorkerPool
@@ -142,6 +143,33 @@ def test_a_document_of_repeated_selections_is_refused_before_validation(
     assert body["errors"][0]["message"] == (
         "the document has 861 field selections; at most 100 are allowed"
     )
+
+
+def test_comments_and_layout_do_not_defeat_the_validation_cache(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    validated: list[str] = []
+    real = gql_schema.validate_document
+
+    def counting(schema: Any, document: Any, rules: Any) -> Any:
+        validated.append(document.loc.source.body)
+        return real(schema, document, rules)
+
+    monkeypatch.setattr(gql_schema, "validate_document", counting)
+    variants = [
+        "{ artifacts(first: 2) { edges { node { id name } } } }",
+        "{ artifacts(first: 2) { edges { node { id name } } } } #1",
+        "#2\n{\n  artifacts(first: 2) {\n edges { node { id\n name } } } }",
+    ]
+    for query in variants:
+        body = client.post("/graphql", json={"query": query}).json()
+        assert body["data"]["artifacts"]["edges"] == []
+    assert validated == variants[:1]
+    # An invalid document is validated every time (its error points into the text sent).
+    for _ in range(2):
+        body = client.post("/graphql", json={"query": "{ artifacts { nope } } #x"}).json()
+        assert "Cannot query field 'nope'" in body["errors"][0]["message"]
+    assert len(validated) == 3
 
 
 def test_a_rows_snapshot_is_parsed_once_however_many_aliases_ask(

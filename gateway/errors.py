@@ -41,3 +41,7 @@ class SnapshotUnusableError(GatewayError):
 
 class RenderTimeoutError(GatewayError):
     """Rendering took longer than GATEWAY_RENDER_TIMEOUT_S."""
+
+
+class ResponseTooLargeError(GatewayError):
+    """What was asked for would make a response larger than GATEWAY_MAX_RESPONSE_MB."""

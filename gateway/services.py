@@ -32,8 +32,9 @@ from gateway.models import Artifact
 from gateway.observability import Metrics
 from gateway.rows import snapshot_of
 from gateway.settings import Settings
-from gateway.snapshots import SnapshotSummary, summarize_snapshot
-from gateway.workers import WorkerPool
+from gateway.snapshots import SnapshotSummary, summarize_metadata_text, summarize_snapshot
+from gateway.strictjson import EncodedJSON, UnreadableJSON, restrict_stored_text
+from gateway.workers import WorkerPool, start_forkserver_soon
 
 log = structlog.get_logger("gateway")
 
@@ -74,6 +75,7 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
     cpu_limiter = anyio.CapacityLimiter(CPU_THREADS)
     images = ImageService(settings=settings, metrics=metrics, cpu_limiter=cpu_limiter)
     parser = WorkerPool(workers=PARSE_WORKERS)
+    start_forkserver_soon()
     problem = settings.admin_token_problem()
     if problem is not None and settings.admin_token is not None:
         log.warning("gateway.admin_token_refused", reason=problem)
@@ -151,6 +153,28 @@ async def snapshot_summary(services: Services, row: Artifact) -> SnapshotSummary
     return await services.parser.run(
         summarize_snapshot, snapshot, max_bars=services.settings.max_snapshot_bars
     )
+
+
+async def snapshot_summary_of_text(
+    services: Services, metadata_text: str | None
+) -> SnapshotSummary | None:
+    """The summary of the snapshot in a row's stored metadata text, decoded and parsed in a
+    worker process: the serving process only moves the text."""
+    if metadata_text is None:
+        return None
+    return await services.parser.run(
+        summarize_metadata_text, metadata_text, max_bars=services.settings.max_snapshot_bars
+    )
+
+
+async def metadata_for_response(
+    services: Services, metadata_text: str | None
+) -> EncodedJSON | UnreadableJSON | None:
+    """Stored metadata text made strict JSON in a worker process, to be spliced into a response
+    as is (the serving process neither decodes nor re-encodes it)."""
+    if metadata_text is None:
+        return None
+    return await services.parser.run(restrict_stored_text, metadata_text)
 
 
 class RequestLineage:

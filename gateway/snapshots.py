@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from chartkit import SnapshotError, count_bars, load_snapshot
+from gateway.strictjson import loads_stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +44,17 @@ def summarize_snapshot(snapshot: Any, *, max_bars: int) -> SnapshotSummary | Non
         last=frame.index[-1].to_pydatetime(),
         last_close=close if math.isfinite(close) else None,
     )
+
+
+def summarize_metadata_text(text: str | None, *, max_bars: int) -> SnapshotSummary | None:
+    """Summary of the snapshot inside stored `metadata` text, decoded here under the strict
+    mapping: a worker process does both, so the serving process never parses the snapshot."""
+    if text is None:
+        return None
+    try:
+        metadata = loads_stored(text)
+    except ValueError:  # not JSON at all: no snapshot can be read out of it
+        return None
+    if not isinstance(metadata, dict):
+        return None
+    return summarize_snapshot(metadata.get("market_data_snapshot"), max_bars=max_bars)

@@ -13,6 +13,9 @@ answer is written:
   page are served.
 
 Client bodies are held to the same rules, but refused instead of repaired (`RequestJSONError`).
+
+A large stored value can be made strict elsewhere (`restrict_stored_text`, in a worker process)
+and spliced into an answer as text (`EncodedJSON`): the serving process never decodes it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +41,13 @@ class UnreadableJSON:
     """A stored JSON value that cannot be served; `reason` says why, in words for a client."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedJSON:
+    """Strict, compact JSON text made elsewhere; `dumps_bytes` puts it into an answer as is."""
+
+    text: str
 
 
 class RequestJSONError(ValueError):
@@ -152,6 +163,8 @@ def sanitize(value: Any, *, _depth: int = 1) -> Any:
         return [sanitize(v, _depth=_depth + 1) for v in value]
     if isinstance(value, UnreadableJSON):
         return None
+    if isinstance(value, EncodedJSON):
+        return value  # strict already
     return replace_lone_surrogates(str(value))
 
 
@@ -172,16 +185,54 @@ def dumps(value: Any, **kwargs: Any) -> str:
     return text
 
 
+def _compact(value: Any, default: Any = None) -> str:
+    return json.dumps(
+        value, allow_nan=False, ensure_ascii=False, separators=(",", ":"), default=default
+    )
+
+
 def dumps_bytes(value: Any) -> bytes:
-    """Compact strict JSON as UTF-8 bytes (HTTP bodies); one encode on the fast path."""
+    """Compact strict JSON as UTF-8 bytes (HTTP bodies); one encode on the fast path.
+
+    `EncodedJSON` values are spliced in as their text: each is written as a placeholder string
+    holding a random nonce (control characters come out escaped, so no stored string can spell
+    it), then replaced.
+    """
+    fragments: list[str] = []
+    nonce = secrets.token_hex(12)
+
+    def placeholder(obj: Any) -> str:
+        if isinstance(obj, EncodedJSON):
+            fragments.append(obj.text)
+            return f"\x00{nonce}:{len(fragments) - 1}\x00"
+        raise TypeError(f"{type(obj).__name__} is not JSON")
+
     try:
-        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode(
-            "utf-8"
-        )
+        text = _compact(value, placeholder)
+        text.encode("utf-8")
     except (ValueError, TypeError, RecursionError):
-        return json.dumps(
-            sanitize(value), allow_nan=False, ensure_ascii=False, separators=(",", ":")
-        ).encode("utf-8")
+        fragments.clear()
+        text = _compact(sanitize(value), placeholder)
+    if fragments:
+        pattern = re.compile(f'"\\\\u0000{nonce}:([0-9]+)\\\\u0000"')
+        text = pattern.sub(lambda match: fragments[int(match.group(1))], text)
+    return text.encode("utf-8")
+
+
+def restrict_stored_text(text: str) -> EncodedJSON | UnreadableJSON:
+    """Stored JSON text rewritten as strict compact JSON under the read mapping (CPU work: run
+    it in a worker process); text that is not JSON at all is served as a string, as the
+    column reads it."""
+    try:
+        value = loads_stored(text)
+    except ValueError:
+        return EncodedJSON(_compact(text))
+    if isinstance(value, UnreadableJSON):
+        return value
+    try:  # loads_stored's mapping already made it strict: the walk is only a safety net
+        return EncodedJSON(_compact(value))
+    except (ValueError, TypeError, RecursionError):
+        return EncodedJSON(_compact(sanitize(value)))
 
 
 def storable_problem(value: Any, *, root: str) -> str | None:

@@ -136,6 +136,7 @@ def chart_rows(
                 after_id=after,
                 artifact_type=ArtifactType.CHART.value,
                 workflow_id=workflow_id,
+                whole_metadata=True,  # the snapshot is what is verified
             )
         yield from page.items
         seen += len(page.items)

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable
+from multiprocessing import forkserver
 from typing import Any, TypeVar
 
 from pebble import ProcessPool
@@ -41,6 +44,17 @@ def _context() -> Any:
     return context
 
 
+def start_forkserver_soon() -> None:
+    """Start this process's forkserver (it imports chartkit: a second or two) in a background
+    thread, so the first render or parse does not wait for it. Idempotent."""
+
+    def start() -> None:
+        _context()
+        forkserver.ensure_running()
+
+    threading.Thread(target=start, name="forkserver-start", daemon=True).start()
+
+
 class WorkerPool:
     """A bounded pool of worker processes; `run` awaits one job without blocking the loop."""
 
@@ -52,6 +66,7 @@ class WorkerPool:
             initargs=(niceness,),
             context=_context(),
         )
+        self._started = False
 
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`function(*args, **kwargs)` in a worker; its exception, if it raises, is re-raised.
@@ -60,7 +75,19 @@ class WorkerPool:
         has its worker terminated (pebble starts a new one). `function` and its arguments must
         be picklable (a module-level function and plain data).
         """
-        future = self._pool.schedule(function, args=args, kwargs=kwargs)
+        schedule = functools.partial(self._pool.schedule, function, args=args, kwargs=kwargs)
+        if self._started:
+            future = schedule()
+        else:
+            # The first job starts the pool: forking its workers (and, the first time in this
+            # process, the forkserver, which imports chartkit) must not block the event loop.
+            starting = asyncio.ensure_future(asyncio.to_thread(schedule))
+            try:
+                future = await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                starting.add_done_callback(_cancel_scheduled)
+                raise
+            self._started = True
         # wrap_future cancels the pebble future when this task is cancelled.
         return await asyncio.wrap_future(future)
 
@@ -68,3 +95,8 @@ class WorkerPool:
         """Stop the workers (running jobs are abandoned) and wait for the pool's threads."""
         self._pool.stop()  # type: ignore[no-untyped-call]
         self._pool.join(timeout=5)
+
+
+def _cancel_scheduled(starting: asyncio.Future[Any]) -> None:
+    if not starting.cancelled() and starting.exception() is None:
+        starting.result().cancel()

@@ -58,11 +58,15 @@ log = structlog.get_logger("gateway.graphql")
 class Query:
     @strawberry.field(description="One artifact by id; null when it does not exist.")
     async def artifact(self, info: Info[Context, None], id: int) -> Artifact | None:
-        ctx = info.context
-        row = await repository.run_in_session(
-            ctx.services.engine, repository.get_artifact, artifact_id=check_artifact_id(id)
+        # Read as lists read rows: its snapshot is parsed (in a worker) only if asked for.
+        page = await repository.run_in_session(
+            info.context.services.engine,
+            repository.get_listed_artifact,
+            artifact_id=check_artifact_id(id),
         )
-        return artifact_from_row(row) if row is not None else None
+        if not page.items:
+            return None
+        return artifact_from_row(page.items[0], page.listing_of(page.items[0]))
 
     @strawberry.field(description="Artifacts in id order, filtered, paginated (max 100 a page).")
     async def artifacts(
@@ -89,7 +93,9 @@ class Query:
             missing_lineage=missing_lineage,
         )
         edges = [
-            ArtifactEdge(cursor=encode_cursor(row.id), node=artifact_from_row(row))
+            ArtifactEdge(
+                cursor=encode_cursor(row.id), node=artifact_from_row(row, page.listing_of(row))
+            )
             for row in page.items
             if row.id is not None
         ]

@@ -15,6 +15,7 @@ from gateway.errors import UnreadableValueError
 from gateway.gql.context import Context
 from gateway.lineage import LineageSource, LineageStatus, lineage_view
 from gateway.minio_urls import ObjectLocation, UrlRefusal, parse_minio_url
+from gateway.repository import Listed
 from gateway.rows import (
     created_at_of,
     effective_workflow_id,
@@ -84,9 +85,10 @@ class ChartInfo:
     )
     spec: JSON | None = strawberry.field(description="The chartkit spec recorded at publish.")
     row: strawberry.Private[models.Artifact]
+    listed: strawberry.Private[Listed | None]
 
     async def _summary(self, info: strawberry.Info[Context, None]) -> SnapshotSummary | None:
-        return await info.context.snapshot_summary(self.row)
+        return await info.context.snapshot_summary(self.row, self.listed)
 
     @strawberry.field(description="Bars in metadata.market_data_snapshot; null when unreadable.")
     async def snapshot_bars(self, info: strawberry.Info[Context, None]) -> int | None:
@@ -101,7 +103,7 @@ class ChartInfo:
         return BarRange(first=summary.first, last=summary.last)
 
 
-def chart_info(row: models.Artifact, settings: Settings) -> ChartInfo:
+def chart_info(row: models.Artifact, settings: Settings, listed: Listed | None) -> ChartInfo:
     """The chart fields of a chart row (no I/O; the snapshot is parsed only when asked)."""
     url = minio_url_of(row)
     location = parse_minio_url(url, settings) if url is not None else None
@@ -117,6 +119,7 @@ def chart_info(row: models.Artifact, settings: Settings) -> ChartInfo:
         renderer_version=version if isinstance(version, str) else None,
         spec=spec,
         row=row,
+        listed=listed,
     )
 
 
@@ -138,6 +141,8 @@ class Artifact:
         description="Gateway URL of the chart PNG; null for non-chart artifacts."
     )
     row: strawberry.Private[models.Artifact]
+    # Set for rows read by a list (without their snapshot); None for a row read whole.
+    listed: strawberry.Private[Listed | None]
 
     @strawberry.field(
         description="chart_data as stored; null with an error on this field when unreadable."
@@ -148,8 +153,8 @@ class Artifact:
     @strawberry.field(
         description="metadata as stored; null with an error on this field when unreadable."
     )
-    def metadata(self) -> JSON | None:
-        return _readable(self.row.meta, "metadata")
+    async def metadata(self, info: strawberry.Info[Context, None]) -> JSON | None:
+        return _readable(await info.context.whole_metadata(self.row, self.listed), "metadata")
 
     @strawberry.field(description="MLflow run id: stored, else resolved from MLflow (null if not).")
     async def run_id(self, info: strawberry.Info[Context, None]) -> str | None:
@@ -163,7 +168,7 @@ class Artifact:
     def chart(self, info: strawberry.Info[Context, None]) -> ChartInfo | None:
         if self.row.artifact_type != models.ArtifactType.CHART:
             return None
-        return chart_info(self.row, info.context.services.settings)
+        return chart_info(self.row, info.context.services.settings, self.listed)
 
     @strawberry.field(description="How runId/experimentId were obtained; never fails the read.")
     async def lineage(self, info: strawberry.Info[Context, None]) -> Lineage:
@@ -182,8 +187,8 @@ def _readable(value: Any, column: str) -> JSON | None:
     return result
 
 
-def artifact_from_row(row: models.Artifact) -> Artifact:
-    """Build the GraphQL artifact from a table row."""
+def artifact_from_row(row: models.Artifact, listed: Listed | None = None) -> Artifact:
+    """Build the GraphQL artifact from a table row (`listed` when a list read it)."""
     assert row.id is not None
     return Artifact(
         id=row.id,
@@ -194,6 +199,7 @@ def artifact_from_row(row: models.Artifact) -> Artifact:
         created_at=created_at_of(row),
         image_url=image_url_of(row),
         row=row,
+        listed=listed,
     )
 
 

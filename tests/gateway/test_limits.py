@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from chartkit import random_walk_bars
 from gateway.db import init_db, make_engine
 from gateway.gql import schema as gql_schema
 from gateway.models import Artifact
-from gateway.snapshots import summarize_snapshot
+from gateway.snapshots import summarize_metadata_text
 from gateway.workers import WorkerPool
 from tests.faults import SilentListener
 from tests.servers import GatewayProcess
@@ -191,17 +192,17 @@ def test_a_rows_snapshot_is_parsed_once_however_many_aliases_ask(
         "/graphql", json={"query": f"{{ artifact(id: {artifact_id}) {{ {aliases} }} }}"}
     ).json()
     assert body["data"]["artifact"]["c9"]["snapshotBars"] == 50
-    assert parses == [summarize_snapshot]
+    assert parses == [summarize_metadata_text]
 
 
 def test_a_response_over_the_size_cap_is_a_clear_error_not_a_huge_body(
     make_client: Callable[..., TestClient], insert: Callable[..., int]
 ) -> None:
     client = make_client(max_response_mb=1)
-    for seed in range(4):  # ~4 x 0.4 MB of snapshot in metadata
-        insert(meta={"market_data_snapshot": random_walk_bars(4000, seed=seed)})
+    for seed in range(2):  # ~2 x 0.6 MB of chart_data
+        insert(chart_data={"series": random_walk_bars(6000, seed=seed)})
     response = client.post(
-        "/graphql", json={"query": "{ artifacts(first: 10) { edges { node { metadata } } } }"}
+        "/graphql", json={"query": "{ artifacts(first: 10) { edges { node { chartData } } } }"}
     )
     assert len(response.content) < 1024
     (error,) = response.json()["errors"]
@@ -209,6 +210,32 @@ def test_a_response_over_the_size_cap_is_a_clear_error_not_a_huge_body(
     assert "more than GATEWAY_MAX_RESPONSE_MB (1 MB)" in error["message"]
     small = client.post("/graphql", json={"query": "{ artifacts(first: 1) { edges { cursor } } }"})
     assert "errors" not in small.json()
+
+
+def test_listed_metadata_past_the_size_cap_is_not_read_and_errs_on_its_rows(
+    make_client: Callable[..., TestClient],
+    insert: Callable[..., int],
+    statements: list[str],
+) -> None:
+    client = make_client(max_response_mb=1)
+    for seed in range(4):  # ~0.4 MB of snapshot each: two fit in 1 MB, the other two do not
+        insert(meta={"market_data_snapshot": random_walk_bars(4000, seed=seed), "n": seed})
+    statements.clear()
+    response = client.post(
+        "/graphql", json={"query": "{ artifacts(first: 10) { edges { node { id metadata } } } }"}
+    )
+    assert len(response.content) < 1024 * 1024
+    body = response.json()
+    served = [edge["node"]["metadata"] for edge in body["data"]["artifacts"]["edges"]]
+    assert [m["n"] if m else None for m in served] == [0, 1, None, None]
+    assert {tuple(e["path"]) for e in body["errors"]} == {
+        ("artifacts", "edges", 2, "node", "metadata"),
+        ("artifacts", "edges", 3, "node", "metadata"),
+    }
+    assert all("GATEWAY_MAX_RESPONSE_MB (1 MB)" in e["message"] for e in body["errors"])
+    # The page read no snapshot; one batched read fetched the two rows that fit, no others.
+    (whole,) = [s for s in statements if "artifacts.metadata" in s and " IN (" in s.upper()]
+    assert len(re.findall(r"\?|%\(", whole.split(" IN (", 1)[1])) == 2  # two ids bound
 
 
 def test_a_request_past_its_deadline_is_a_503_with_retry_after(

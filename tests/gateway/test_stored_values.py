@@ -35,6 +35,12 @@ STORED: dict[str, tuple[str, Any, bool]] = {
     "surrogate": ('{"note": "a\\ud800b", "\\udfff": 1}', {"note": "a\ufffdb", "\ufffd": 1}, True),
     "deep": (f'{{"market_data_snapshot": {DEEP}}}', None, True),
     "very_deep": (VERY_DEEP, None, False),
+    "nul": (  # PostgreSQL's json refuses \u0000 on input
+        '{"note": "a\\u0000b", "workflow_id": "wf-nul", "market_data_snapshot": []}',
+        {"note": "a\x00b", "workflow_id": "wf-nul", "market_data_snapshot": []},
+        False,
+    ),
+    "array": ('[{"market_data_snapshot": 1}]', [{"market_data_snapshot": 1}], True),
 }
 
 
@@ -78,7 +84,7 @@ def test_graphql_page_lists_every_row_and_fails_only_the_unreadable_field(
         "/graphql",
         json={
             "query": "{ artifacts(first: 20) { edges { node { id name metadata chartData "
-            "chart { snapshotBars } lineage { status } } } } }"
+            "workflowId chart { snapshotBars } lineage { status } } } } }"
         },
     )
     body = strict_parse(response.content)
@@ -86,6 +92,9 @@ def test_graphql_page_lists_every_row_and_fails_only_the_unreadable_field(
     assert [n["id"] for n in nodes] == sorted(stored_rows.values())
     by_name = {n["name"]: n for n in nodes}
     assert by_name["plain"]["chart"] == {"snapshotBars": 60}
+    if "nul" in by_name:
+        assert by_name["nul"]["workflowId"] == "wf-nul"
+        assert by_name["nul"]["chart"] == {"snapshotBars": None}  # an empty snapshot
     unreadable = {name for name in stored_rows if name != "plain" and STORED[name][1] is None}
     failed = {
         (error["path"][2], error["path"][-1], error["message"]) for error in body.get("errors", [])

@@ -11,15 +11,19 @@ from hypothesis import strategies as st
 
 from gateway.strictjson import (
     MAX_DEPTH,
+    EncodedJSON,
     RequestJSONError,
     UnreadableJSON,
     dumps,
     dumps_bytes,
     loads_request,
     loads_stored,
+    restrict_stored_text,
     storable_problem,
 )
 from tests.jsonstrict import strict_parse
+
+NAN = float("nan")
 
 
 def nested(depth: int) -> str:
@@ -163,3 +167,27 @@ def test_unstorable_values_are_named_by_key_path(value: Any, problem: str) -> No
 
 def test_strict_json_values_are_storable() -> None:
     assert storable_problem({"a": [1, 2.5, None, True, "\U0001f600"]}, root="metadata") is None
+
+
+def test_encoded_json_is_spliced_into_an_answer_as_is() -> None:
+    body = dumps_bytes(
+        {"a": EncodedJSON('{"x":[1,2]}'), "list": [EncodedJSON("3"), "\x00:0\x00"], "n": NAN}
+    )
+    assert strict_parse(body) == {"a": {"x": [1, 2]}, "list": [3, "\x00:0\x00"], "n": None}
+
+
+def test_a_stored_string_cannot_pose_as_a_spliced_fragment() -> None:
+    # Whatever a stored string holds, it is escaped; only the encoder's own nonce is replaced.
+    lookalike = '"\\u00000:0\\u0000"'
+    body = dumps_bytes({"s": lookalike, "e": EncodedJSON("[1]")})
+    assert strict_parse(body) == {"s": lookalike, "e": [1]}
+
+
+def test_stored_text_is_restricted_under_the_read_mapping() -> None:
+    restricted = restrict_stored_text('{"a": NaN, "s": "x\\ud800", "k": [Infinity]}')
+    assert isinstance(restricted, EncodedJSON)
+    assert strict_parse(restricted.text.encode()) == {"a": None, "s": "x\ufffd", "k": [None]}
+    assert restrict_stored_text("not json") == EncodedJSON('"not json"')
+    assert restrict_stored_text("[" * 100 + "]" * 100) == UnreadableJSON(
+        f"nested deeper than {MAX_DEPTH} levels"
+    )

@@ -1,0 +1,91 @@
+"""Reads load what the selection needs: list pages never decode the snapshots they do not show."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from chartkit import random_walk_bars
+from gateway import db, models
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Characters of stored JSON the serving process decodes (both databases' read paths)."""
+    sizes: list[int] = []
+    real = models.loads_stored
+
+    def counting(raw: Any) -> Any:
+        sizes.append(len(raw))
+        return real(raw)
+
+    monkeypatch.setattr(models, "loads_stored", counting)  # SQLite: the column type
+    monkeypatch.setattr(db, "loads_stored", counting)  # PostgreSQL: the driver's JSON loader
+    return sizes
+
+
+def chart_rows(insert: Callable[..., int], count: int) -> list[int]:
+    return [
+        insert(
+            name=f"c{seed}",
+            meta={
+                "market_data_snapshot": random_walk_bars(500, seed=seed),  # ~36 KB as text
+                "workflow_id": f"wf-{seed}",
+                "chart_spec": {"symbol": f"S{seed}"},
+                "minio_url": f"s3://charts/c{seed}.png",
+            },
+        )
+        for seed in range(count)
+    ]
+
+
+def test_a_list_page_reads_the_small_keys_without_decoding_snapshots(
+    make_client: Callable[..., TestClient], insert: Callable[..., int], decoded: list[int]
+) -> None:
+    client = make_client()
+    chart_rows(insert, 5)
+    decoded.clear()
+    query = (
+        "{ artifacts { edges { node { name workflowId "
+        "chart { spec objectKey } lineage { status } } } } }"
+    )
+    body = client.post("/graphql", json={"query": query}).json()
+    nodes = [edge["node"] for edge in body["data"]["artifacts"]["edges"]]
+    assert [n["workflowId"] for n in nodes] == [f"wf-{i}" for i in range(5)]
+    assert [n["chart"]["spec"] for n in nodes] == [{"symbol": f"S{i}"} for i in range(5)]
+    assert [n["chart"]["objectKey"] for n in nodes] == [f"c{i}.png" for i in range(5)]
+    assert sum(decoded) < 5 * 500, f"{sum(decoded)} characters decoded for a page of names"
+
+
+def test_the_ui_list_decodes_no_snapshot(
+    make_client: Callable[..., TestClient], insert: Callable[..., int], decoded: list[int]
+) -> None:
+    client = make_client()
+    chart_rows(insert, 5)
+    decoded.clear()
+    page = client.get("/ui/artifacts")
+    assert page.status_code == 200
+    assert all(f"wf-{i}" in page.text for i in range(5))
+    assert sum(decoded) < 5 * 500
+
+
+def test_summaries_and_metadata_of_listed_rows_match_the_row_read_whole(
+    make_client: Callable[..., TestClient], insert: Callable[..., int]
+) -> None:
+    client = make_client()
+    ids = chart_rows(insert, 3)
+    fields = "id metadata chart { snapshotBars snapshotRange { first last } }"
+    listed = client.post(
+        "/graphql",
+        json={"query": f"{{ artifacts(first: 3) {{ edges {{ node {{ {fields} }} }} }} }}"},
+    ).json()
+    for edge, artifact_id in zip(listed["data"]["artifacts"]["edges"], ids, strict=True):
+        whole = client.post(
+            "/graphql", json={"query": f"{{ artifact(id: {artifact_id}) {{ {fields} }} }}"}
+        ).json()
+        assert edge["node"] == whole["data"]["artifact"]
+        assert edge["node"]["chart"]["snapshotBars"] == 500
+        assert len(edge["node"]["metadata"]["market_data_snapshot"]) == 500

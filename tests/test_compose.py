@@ -56,8 +56,8 @@ def settings_variables() -> set[str]:
 
 def test_the_stack_has_every_service_with_a_health_check(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "minio", "minio-init", "mlflow", "gateway"}
-    for name in ("postgres", "minio", "mlflow", "gateway"):
+    assert set(services) == {"postgres", "minio", "minio-init", "mlflow", "gateway", "edge"}
+    for name in ("postgres", "minio", "mlflow", "gateway", "edge"):
         check = services[name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
         assert check["retries"] >= 3, name
@@ -76,8 +76,10 @@ def test_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
         "minio": ["127.0.0.1:9000:9000", "127.0.0.1:9001:9001"],
         "minio-init": [],
         "mlflow": ["127.0.0.1:5000:5000"],
-        "gateway": ["127.0.0.1:8000:8000"],
+        "gateway": [],  # reached through the edge only
+        "edge": ["127.0.0.1:8000:8080"],
     }
+    assert compose["services"]["gateway"]["expose"] == ["8000"]
     assert compose["services"]["gateway"]["command"][-4:] == ["--port", "8000", "--workers", "2"]
 
 
@@ -148,3 +150,12 @@ def test_interpolation_follows_compose_rules() -> None:
     assert interpolate("$$HOME", {}) == "$HOME"
     with pytest.raises(KeyError):
         interpolate("${A:?needed}", {})
+
+
+def test_the_edge_proxies_to_the_gateway_with_its_config(compose: dict[str, Any]) -> None:
+    edge = compose["services"]["edge"]
+    assert edge["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    assert edge["volumes"] == ["./deploy/nginx.conf:/etc/nginx/nginx.conf:ro"]
+    config = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "server gateway:8000" in config
+    assert "listen 8080;" in config

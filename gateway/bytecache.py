@@ -31,15 +31,29 @@ class SingleFlight(Generic[K, V]):
         return key in self._inflight
 
     async def run(self, key: K, produce: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
-        """The value for `key`, and whether it came from a producer another caller started."""
-        running = self._inflight.get(key)
-        if running is not None:
-            # shield: a waiter that is cancelled must not cancel the producer everyone awaits.
-            return await asyncio.shield(running), True
+        """The value for `key`, and whether it came from a producer another caller started.
+
+        The producer runs in the first caller's task. When that caller is cancelled (its client
+        left, its deadline passed), the work stops with it, and the callers still waiting do
+        not inherit its cancellation: one of them produces instead.
+        """
+        while True:
+            running = self._inflight.get(key)
+            if running is None:
+                break
+            try:
+                # shield: a waiter that is cancelled must not cancel the producer others await.
+                return await asyncio.shield(running), True
+            except _ProducerCancelled:
+                continue
         future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             value = await produce()
+        except asyncio.CancelledError:
+            future.set_exception(_ProducerCancelled())
+            future.exception()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody logs it twice
@@ -49,6 +63,10 @@ class SingleFlight(Generic[K, V]):
             return value, False
         finally:
             del self._inflight[key]
+
+
+class _ProducerCancelled(Exception):
+    """The caller running a producer was cancelled; a waiter takes over."""
 
 
 class ByteCache(Generic[K]):

@@ -1,9 +1,10 @@
 """Every request ends: within GATEWAY_REQUEST_TIMEOUT_S, and as soon as its client hangs up.
 
 The app runs in a cancel scope. A watcher reads the connection's messages for it (queueing the
-body for the app) and cancels the scope when the client disconnects, so no resolver, lookup or
-parse keeps working for a client that is gone. Work already handed to a thread finishes its
-current step (a thread cannot be stopped), but nothing new starts. Past the deadline a response
+body for the app) and cancels the scope when the client disconnects, so no resolver, lookup,
+parse or render keeps working for a client that is gone: parses and renders run in worker
+processes, and a cancelled one has its process terminated (`gateway.workers`); a database read
+already in a thread finishes its query, but nothing new starts. Past the deadline a response
 that has not started is a 503 problem with Retry-After.
 """
 

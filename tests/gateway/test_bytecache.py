@@ -88,6 +88,30 @@ def test_a_cancelled_waiter_does_not_cancel_the_producer() -> None:
     assert asyncio.run(scenario()) == (1, False)
 
 
+def test_when_the_producers_caller_is_cancelled_a_waiter_produces_instead() -> None:
+    started: list[str] = []
+
+    async def scenario() -> tuple[bytes, bool]:
+        flight: SingleFlight[str, bytes] = SingleFlight()
+
+        async def produce() -> bytes:
+            started.append("render")
+            await asyncio.sleep(0.2)
+            return b"png"
+
+        first = asyncio.ensure_future(flight.run("k", produce))
+        await asyncio.sleep(0.05)
+        waiter = asyncio.ensure_future(flight.run("k", produce))
+        await asyncio.sleep(0.05)
+        first.cancel()  # the first client left: its render stops
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await waiter
+
+    assert asyncio.run(scenario()) == (b"png", False)  # the waiter produced it itself
+    assert started == ["render", "render"]
+
+
 def test_the_cache_is_bounded_in_bytes_and_skips_values_larger_than_itself() -> None:
     cache: ByteCache[int] = ByteCache(max_bytes=10)
     for key in range(5):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +256,25 @@ def test_a_request_past_its_deadline_is_a_503_with_retry_after(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert "GATEWAY_REQUEST_TIMEOUT_S (0.5 s)" in response.json()["detail"]
+
+
+def test_an_image_request_ends_at_its_deadline_and_its_render_stops(
+    make_client: Callable[..., TestClient], insert: Callable[..., int]
+) -> None:
+    client = make_client(request_timeout_s=1.0, render_timeout_s=30, max_bars=100_000)
+    bars = random_walk_bars(100_000, seed=4, step=timedelta(minutes=1))  # ~4 s to draw here
+    artifact_id = insert(meta={"market_data_snapshot": bars, "chart_spec": {"max_bars": 100_000}})
+    started = time.monotonic()
+    response = client.get(f"/api/artifacts/{artifact_id}/image")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert elapsed < 1.0 + 1.5, f"answered after {elapsed:.1f} s against a 1 s deadline"
+    time.sleep(0.3)
+    before = tree_cpu_seconds(os.getpid())
+    time.sleep(1.5)
+    burnt = tree_cpu_seconds(os.getpid()) - before
+    assert burnt < 0.4, f"{burnt:.2f} s of CPU spent rendering for a request that ended"
 
 
 def big_charts_database(tmp_path: Path, rows: int) -> dict[str, str]:

@@ -15,17 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
 import structlog
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 import chartkit
 from chartkit import ChartSpec, SnapshotError, count_bars
-from gateway.bytecache import ByteCache
+from gateway.bytecache import ByteCache, SingleFlight
 from gateway.errors import (
     GatewayError,
     NotFoundError,
@@ -83,6 +84,7 @@ class ImageService:
         settings: Settings,
         metrics: Metrics,
         cpu_limiter: anyio.CapacityLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -92,12 +94,16 @@ class ImageService:
         self.cache: ByteCache[CacheKey] = ByteCache(max_bytes=settings.image_cache_mb * 1024 * 1024)
         # fingerprint -> why its render failed or timed out, for a short while (negative cache).
         self._render_failures: TTLCache[str, GatewayError] = TTLCache(
-            maxsize=10_000, ttl=settings.render_failure_ttl_s
+            maxsize=10_000, ttl=settings.render_failure_ttl_s, timer=clock
         )
         # artifact id + url -> object ETag, or a FetchFailure seen recently.
         self._object_memo: TTLCache[tuple[int, str], str | FetchFailure] = TTLCache(
-            maxsize=100_000, ttl=REVALIDATE_S
+            maxsize=100_000, ttl=REVALIDATE_S, timer=clock
         )
+        # artifact id + url -> the ETag last served, kept past the 30 s: when its bytes are still
+        # cached, a `stat` revalidates them instead of a GET.
+        self._last_etags: LRUCache[tuple[int, str], str] = LRUCache(maxsize=100_000)
+        self._fetches: SingleFlight[tuple[int, str], FetchedObject | FetchFailure] = SingleFlight()
 
     def close(self) -> None:
         """Stop the render pool (running renders finish)."""
@@ -177,6 +183,9 @@ class ImageService:
     async def _from_minio(
         self, row: Artifact, location: ObjectLocation
     ) -> ChartImage | FetchFailure:
+        """The stored PNG. Within 30 s of the last look: the cache, no round trip. After that,
+        one round trip: a `stat` when the bytes of the ETag last seen are still cached (is it
+        the same object?), else the GET itself, whose headers carry the ETag."""
         assert row.id is not None
         assert self.reader is not None
         reader = self.reader
@@ -185,30 +194,48 @@ class ImageService:
         if isinstance(memo, FetchFailure):
             return memo
         if memo is None:
-            etag = await reader.etag(location)
-            if isinstance(etag, FetchFailure):
-                self._object_memo[memo_key] = etag
-                return etag
-            memo = etag
-        known = memo
+            last = self._last_etags.get(memo_key)
+            if last is not None and self.cache.get(self._minio_key(row, location, last)):
+                etag = await reader.etag(location)
+                if isinstance(etag, FetchFailure):
+                    self._object_memo[memo_key] = etag
+                    return etag
+                memo = etag
+        if memo is not None:
+            cached = self.cache.get(self._minio_key(row, location, memo))
+            if cached is not None:
+                return self._proxied(row, location, memo_key, cached, memo, hit=True)
 
-        async def produce() -> bytes:
+        async def fetch() -> FetchedObject | FetchFailure:
             started = time.perf_counter()
             result = await reader.read_png(location)
             self.metrics.minio_fetch_seconds.observe(time.perf_counter() - started)
-            if isinstance(result, FetchFailure):
-                raise _FetchFailed(result)
-            assert isinstance(result, FetchedObject)
-            if result.etag != known:  # replaced between stat and read: key by what we got
-                self._object_memo[memo_key] = result.etag
-            return result.data
+            return result
 
-        try:
-            data, hit = await self.cache.get_or_produce((row.id, "minio", location, memo), produce)
-        except _FetchFailed as failed:
-            self._object_memo[memo_key] = failed.failure
-            return failed.failure
-        self._object_memo[memo_key] = memo
+        # Concurrent misses for one object share one GET (whatever its ETag turns out to be).
+        fetched, _shared = await self._fetches.run(memo_key, fetch)
+        if isinstance(fetched, FetchFailure):
+            self._object_memo[memo_key] = fetched
+            return fetched
+        self.cache.put(self._minio_key(row, location, fetched.etag), fetched.data)
+        return self._proxied(row, location, memo_key, fetched.data, fetched.etag, hit=False)
+
+    @staticmethod
+    def _minio_key(row: Artifact, location: ObjectLocation, etag: str) -> CacheKey:
+        return (row.id, "minio", location, etag)
+
+    def _proxied(
+        self,
+        row: Artifact,
+        location: ObjectLocation,
+        memo_key: tuple[int, str],
+        data: bytes,
+        etag: str,
+        *,
+        hit: bool,
+    ) -> ChartImage:
+        self._object_memo[memo_key] = etag
+        self._last_etags[memo_key] = etag
         self._count("minio", hit)
         log.info(
             "chart.proxied",
@@ -218,7 +245,7 @@ class ImageService:
             cache="hit" if hit else "miss",
             bytes=len(data),
         )
-        return ChartImage(data, _minio_etag(memo), "minio", hit)
+        return ChartImage(data, _minio_etag(etag), "minio", hit)
 
     async def _regenerate(self, row: Artifact, *, fallback_reason: str | None) -> ChartImage:
         assert row.id is not None
@@ -280,9 +307,3 @@ class ImageService:
 
 def _minio_etag(object_etag: str) -> str:
     return f'"m-{hashlib.sha256(object_etag.encode()).hexdigest()[:24]}"'
-
-
-class _FetchFailed(Exception):
-    def __init__(self, failure: FetchFailure) -> None:
-        super().__init__(failure.detail)
-        self.failure = failure

@@ -89,11 +89,16 @@ class RecordingProxy:
                         "content-encoding",
                     }:
                         self.send_header(key, value)
+                if self.command == "HEAD":  # the upstream's length, and no body
+                    length = upstream.headers.get("content-length", "0")
+                    self.send_header("content-length", length)
+                    self.end_headers()
+                    return
                 self.send_header("content-length", str(len(upstream.content)))
                 self.end_headers()
                 self.wfile.write(upstream.content)
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,8 +14,11 @@ from starlette.testclient import TestClient
 
 from chartkit import random_walk_bars
 from gateway.app import create_app
+from gateway.images import ImageService
+from gateway.models import Artifact
+from gateway.observability import Metrics
 from gateway.settings import Settings
-from tests.faults import SilentListener
+from tests.faults import RecordingProxy, SilentListener
 from tests.gateway.image_support import (
     STORED_PNG,
     chart_row,
@@ -288,3 +292,38 @@ def test_no_object_and_no_snapshot_is_404_and_bad_snapshot_is_422(
     assert "stored snapshot cannot be drawn" in response.json()["detail"]
     llm = insert(artifact_type="llm")
     assert client.get(f"/api/artifacts/{llm}/image").status_code == 404
+
+
+def test_a_minio_miss_is_one_get_and_a_revalidation_one_stat(
+    settings: Settings, s3_server: str, bucket: str
+) -> None:
+    upstream = RecordingProxy(f"http://{s3_server}").start()
+    now = [1000.0]
+    images = ImageService(
+        settings=image_settings(settings, upstream.url.removeprefix("http://"), bucket),
+        metrics=Metrics(),
+        clock=lambda: now[0],
+    )
+    row = Artifact(
+        id=7, name="c", artifact_type="chart", chart_data={"minio_url": f"s3://{bucket}/one.png"}
+    )
+
+    def served() -> tuple[bytes, bool, list[str]]:
+        upstream.reset()
+        image = asyncio.run(images.image(row))
+        assert image.source == "minio"
+        return image.data, image.cache_hit, [method for method, _, _ in upstream.requests]
+
+    try:
+        put(s3_server, bucket, "one.png", STORED_PNG)
+        assert served() == (STORED_PNG, False, ["GET"])  # a cold miss: one round trip
+        assert served() == (STORED_PNG, True, [])  # within 30 s: none
+        now[0] += 31
+        assert served() == (STORED_PNG, True, ["HEAD"])  # the same object: a stat, no body
+        replaced = STORED_PNG + b"\0"
+        put(s3_server, bucket, "one.png", replaced)
+        now[0] += 31
+        assert served() == (replaced, False, ["HEAD", "GET"])  # replaced: seen, fetched
+    finally:
+        images.close()
+        upstream.stop()

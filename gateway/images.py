@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ from gateway.models import Artifact, ArtifactType
 from gateway.objectstore import FetchedObject, FetchFailure, make_reader
 from gateway.observability import Metrics
 from gateway.renderer import Renderer
+from gateway.repository import Listed
 from gateway.rows import SpecChoice, SpecOrigin, chart_spec_for, minio_url_of, snapshot_of
 from gateway.settings import Settings
 
@@ -100,6 +101,11 @@ class ImageService:
         self._object_memo: TTLCache[tuple[int, str], str | FetchFailure] = TTLCache(
             maxsize=100_000, ttl=REVALIDATE_S, timer=clock
         )
+        # A row read without its snapshot (id, stored metadata size, spec) -> the fingerprint its
+        # snapshot had, for 30 s: 304s and cached charts need neither the snapshot nor a hash.
+        self._fingerprints: TTLCache[CacheKey, str] = TTLCache(
+            maxsize=100_000, ttl=REVALIDATE_S, timer=clock
+        )
         # artifact id + url -> the ETag last served, kept past the 30 s: when its bytes are still
         # cached, a `stat` revalidates them instead of a GET.
         self._last_etags: LRUCache[tuple[int, str], str] = LRUCache(maxsize=100_000)
@@ -132,8 +138,11 @@ class ImageService:
             render_fingerprint, snapshot, spec, limiter=self.cpu_limiter
         )
 
-    async def etag_if_known(self, row: Artifact, source: Source) -> str | None:
-        """The ETag a response would carry, when it is known without I/O (for 304s)."""
+    async def etag_if_known(
+        self, row: Artifact, source: Source, *, listing: Listed | None = None
+    ) -> str | None:
+        """The ETag a response would carry, when it is known without I/O (for 304s). A row read
+        without its snapshot (`listing` set) is answered from what was learnt in the last 30 s."""
         assert row.id is not None
         if source != "regenerated" and self.reader is not None:
             location = self._location(row)
@@ -145,15 +154,33 @@ class ImageService:
                     return None  # MinIO must be asked first
         if source == "minio":
             return None
+        if listing is not None:
+            known = self._fingerprints.get(self._fingerprint_key(row, listing))
+            return f'"r-{known}"' if known is not None else None
         snapshot = snapshot_of(row)
         bars = count_bars(snapshot)
         if snapshot is None or (bars is not None and bars > self.settings.max_snapshot_bars):
             return None
         return f'"r-{await self._fingerprint(snapshot, self.spec_for(row).spec, bars)}"'
 
+    def _fingerprint_key(self, row: Artifact, listing: Listed) -> CacheKey:
+        spec = self.spec_for(row)
+        return (row.id, listing.metadata_chars, json.dumps(spec.spec.to_dict(), sort_keys=True))
+
     # -- serving ----------------------------------------------------------------------------
-    async def image(self, row: Artifact, *, source: Source = "auto") -> ChartImage:
-        """The chart for an artifact; raises NotFoundError, SnapshotUnusableError, 503s."""
+    async def image(
+        self,
+        row: Artifact,
+        *,
+        source: Source = "auto",
+        listing: Listed | None = None,
+        whole: Callable[[], Awaitable[Artifact]] | None = None,
+    ) -> ChartImage:
+        """The chart for an artifact; raises NotFoundError, SnapshotUnusableError, 503s.
+
+        `row` may be read without its snapshot (`listing` set, `whole` reads the full row): the
+        snapshot is then read only to draw or hash it, never for a cached chart.
+        """
         assert row.id is not None
         if row.artifact_type != ArtifactType.CHART:
             raise NotFoundError(f"artifact {row.id} is not a chart")
@@ -177,7 +204,10 @@ class ImageService:
             self.metrics.chart_fallbacks.labels(reason).inc()
             log.info("chart.fallback", artifact_id=row.id, reason=reason, detail=detail)
         return await self._regenerate(
-            row, fallback_reason=None if source == "regenerated" else reason
+            row,
+            fallback_reason=None if source == "regenerated" else reason,
+            listing=listing,
+            whole=whole,
         )
 
     async def _from_minio(
@@ -247,8 +277,32 @@ class ImageService:
         )
         return ChartImage(data, _minio_etag(etag), "minio", hit)
 
-    async def _regenerate(self, row: Artifact, *, fallback_reason: str | None) -> ChartImage:
+    async def _regenerate(
+        self,
+        row: Artifact,
+        *,
+        fallback_reason: str | None,
+        listing: Listed | None = None,
+        whole: Callable[[], Awaitable[Artifact]] | None = None,
+    ) -> ChartImage:
         assert row.id is not None
+        memo_key = self._fingerprint_key(row, listing) if listing is not None else None
+        known = self._fingerprints.get(memo_key) if memo_key is not None else None
+        if known is not None:
+            cached = self.cache.get((row.id, "regenerated", known))
+            if cached is not None:
+                choice = self.spec_for(row)
+                self._count("regenerated", True)
+                log.info(
+                    "chart.regenerated",
+                    artifact_id=row.id,
+                    cache="hit",
+                    fallback_reason=fallback_reason,
+                    bytes=len(cached),
+                )
+                return ChartImage(cached, f'"r-{known}"', "regenerated", True, choice.origin)
+        if listing is not None and whole is not None:
+            row = await whole()  # the snapshot is needed: read the row whole
         snapshot = snapshot_of(row)
         if snapshot is None:
             self._unavailable(row, fallback_reason or "no_snapshot", "no market_data_snapshot")
@@ -267,6 +321,8 @@ class ImageService:
         if choice.problem is not None:
             log.info("chart.spec_refused", artifact_id=row.id, reason=choice.problem)
         fingerprint = await self._fingerprint(snapshot, choice.spec, bars)
+        if memo_key is not None:
+            self._fingerprints[memo_key] = fingerprint
         key = (row.id, "regenerated", fingerprint)
 
         remembered = self._render_failures.get(fingerprint)

@@ -19,7 +19,13 @@ from gateway.lineage import Lineage, LineageView, lineage_view
 from gateway.models import Artifact
 from gateway.problems import StrictJSONResponse
 from gateway.rows import created_at_of, effective_workflow_id, image_url_of, json_field
-from gateway.services import RequestLineage, load_artifact, parse_artifact_id, services_of
+from gateway.services import (
+    RequestLineage,
+    load_artifact,
+    load_listed_artifact,
+    parse_artifact_id,
+    services_of,
+)
 
 READY_TIMEOUT_S = 3.0
 
@@ -131,15 +137,18 @@ async def artifact_image(request: Request) -> Response:
         raise InvalidInputError(f"source must be one of {', '.join(IMAGE_SOURCES)}")
     source = cast(Source, raw_source)
     structlog.contextvars.bind_contextvars(artifact_id=artifact_id)
-    row = await load_artifact(services, artifact_id)
+    # Read without the snapshot: a 304 or a cached chart needs neither it nor its hash.
+    row, listing = await load_listed_artifact(services, artifact_id)
     if_none_match = request.headers.get("if-none-match")
     if if_none_match:
-        known = await services.images.etag_if_known(row, source)
+        known = await services.images.etag_if_known(row, source, listing=listing)
         if known is not None and _etag_matches(if_none_match, known):
             return Response(
                 status_code=304, headers={"ETag": known, "Cache-Control": IMAGE_CACHE_CONTROL}
             )
-    image = await services.images.image(row, source=source)
+    image = await services.images.image(
+        row, source=source, listing=listing, whole=lambda: load_artifact(services, artifact_id)
+    )
     headers = {
         "ETag": image.etag,
         "Cache-Control": IMAGE_CACHE_CONTROL,

@@ -144,6 +144,21 @@ async def load_artifact(services: Services, raw_id: str | int) -> Artifact:
     return row
 
 
+async def load_listed_artifact(
+    services: Services, artifact_id: int
+) -> tuple[Artifact, repository.Listed]:
+    """The row without its snapshot, and what its stored metadata costs; NotFoundError when
+    absent. For paths that need the snapshot only sometimes (the image route)."""
+    page = await repository.run_in_session(
+        services.engine, repository.get_listed_artifact, artifact_id=artifact_id
+    )
+    for row in page.items:
+        listing = page.listing_of(row)
+        if listing is not None:
+            return row, listing
+    raise NotFoundError(f"artifact {artifact_id} does not exist")
+
+
 async def snapshot_summary(services: Services, row: Artifact) -> SnapshotSummary | None:
     """The row's snapshot summary, parsed in a worker process (never on the event loop, never
     in a thread of the serving process); a cancelled request stops the parse it started."""

@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from chartkit import random_walk_bars
-from gateway import db, models
+from gateway import db, images, models
 
 
 @pytest.fixture
@@ -89,3 +89,33 @@ def test_summaries_and_metadata_of_listed_rows_match_the_row_read_whole(
         assert edge["node"] == whole["data"]["artifact"]
         assert edge["node"]["chart"]["snapshotBars"] == 500
         assert len(edge["node"]["metadata"]["market_data_snapshot"]) == 500
+
+
+def test_cached_charts_and_304s_neither_decode_nor_hash_the_snapshot_again(
+    make_client: Callable[..., TestClient],
+    insert: Callable[..., int],
+    decoded: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hashed: list[int] = []
+    real_fingerprint = images.render_fingerprint
+
+    def counting(snapshot: Any, spec: Any) -> str:
+        hashed.append(1)
+        return real_fingerprint(snapshot, spec)
+
+    monkeypatch.setattr(images, "render_fingerprint", counting)
+    client = make_client()
+    (artifact_id,) = chart_rows(insert, 1)
+    first = client.get(f"/api/artifacts/{artifact_id}/image")
+    assert (first.status_code, first.headers["x-cache"]) == (200, "miss")
+    assert len(hashed) == 1
+    decoded.clear()
+    again = client.get(f"/api/artifacts/{artifact_id}/image")
+    assert (again.content, again.headers["x-cache"]) == (first.content, "hit")
+    unchanged = client.get(
+        f"/api/artifacts/{artifact_id}/image", headers={"If-None-Match": first.headers["etag"]}
+    )
+    assert unchanged.status_code == 304
+    assert len(hashed) == 1
+    assert sum(decoded) < 2 * 500, f"{sum(decoded)} characters decoded for a cached chart"

@@ -2,14 +2,18 @@
 
 Mixed workload at 64 concurrent clients (bounded in time): artifact lists with lineage, single
 artifacts, images with and without If-None-Match. Reports requests/s, p50/p95/p99 per kind,
-errors, and worker RSS after warm-up and at the end. Then renders N charts in a row in one
-process and reports RSS growth.
+errors, and worker RSS after warm-up and at the end. The baseline, measured in the same run with
+the same client and load: a bare Starlette app (`_replay_app.py`, 2 uvicorn workers) serving
+the gateway's own recorded answers from memory. Then renders N charts in a row in one process
+and reports RSS growth.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import os
 import random
 import statistics
@@ -138,6 +142,55 @@ def start_gateway(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     return server, url
 
 
+def record_answers(url: str, etags: dict[int, str], path: Path) -> None:
+    """The gateway's answers to every request of the workload, for the replay baseline."""
+    recording: dict[str, tuple[str, str, str | None]] = {}
+
+    def keep(key: str, response: httpx.Response) -> None:
+        media = response.headers["content-type"]
+        etag = response.headers.get("etag")
+        recording[key] = (base64.b64encode(response.content).decode(), media, etag)
+
+    keep("list", httpx.post(f"{url}/graphql", json={"query": LIST}, timeout=60))
+    for artifact_id in range(1, 37):
+        keep(f"artifact {artifact_id}", httpx.get(f"{url}/api/artifacts/{artifact_id}"))
+    for chart in etags:
+        keep(f"image {chart}", httpx.get(f"{url}/api/artifacts/{chart}/image", timeout=60))
+    path.write_text(json.dumps(recording))
+
+
+def start_baseline(recording: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The replay app under uvicorn with 2 workers, as the gateway runs, once it answers."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "bench._replay_app:create_app",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--log-level",
+            "error",
+            "--timeout-keep-alive",
+            "75",
+        ],
+        env={**os.environ, "BENCH_REPLAY": str(recording)},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return server, url
+
+
 def warm_up(url: str, *, clients: int, seconds: float) -> dict[int, str]:
     """Every chart's ETag; then load rounds until one passes without errors (at most 4)."""
     charts = [
@@ -212,9 +265,11 @@ def main() -> None:
     parser.add_argument("--renders", type=int, default=2000)
     args = parser.parse_args()
     configure_logging(log_format="json", level="error")
-    server, url = start_gateway(Path(tempfile.mkdtemp(prefix="bench-load-")))
+    root = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    server, url = start_gateway(root)
     try:
         etags = warm_up(url, clients=args.clients, seconds=args.warmup)
+        record_answers(url, etags, root / "answers.json")
         workers = children(server.pid)
         rss_start = {pid: rss_mib(pid) for pid in workers}
         latencies, errors, elapsed = asyncio.run(
@@ -232,6 +287,26 @@ def main() -> None:
         clients=args.clients,
         seconds=args.seconds,
     )
+    baseline, baseline_url = start_baseline(root / "answers.json")
+    try:
+        asyncio.run(run_load(baseline_url, clients=args.clients, seconds=5, etags=etags))
+        base_latencies, base_errors, base_elapsed = asyncio.run(
+            run_load(baseline_url, clients=args.clients, seconds=args.seconds, etags=etags)
+        )
+    finally:
+        baseline.terminate()
+        baseline.wait(timeout=30)
+    gateway_rate = sum(len(v) for v in latencies.values()) / elapsed
+    base_rate = sum(len(v) for v in base_latencies.values()) / base_elapsed
+    print(
+        f"baseline (bare Starlette replaying the same answers, 2 workers): {base_rate:,.0f} req/s, "
+        f"errors {base_errors}; gateway {gateway_rate:,.0f} req/s = {gateway_rate / base_rate:.2f}x"
+    )
+    for kind in latencies:
+        print(
+            f"  {kind:<10} p99 gateway {pct(latencies[kind], 0.99):7.1f} ms, "
+            f"baseline {pct(base_latencies[kind], 0.99):7.1f} ms"
+        )
     if args.renders >= 1:
         render_soak(args.renders)
 

@@ -1,0 +1,54 @@
+"""Baseline for bench/load.py: a bare Starlette app serving the gateway's own recorded answers.
+
+The same routes, bodies, content types and ETags (304 on a matching If-None-Match), from
+memory: what serving those bytes costs with no database, lineage, cache or policy behind them.
+`uvicorn --factory bench._replay_app:create_app` with BENCH_REPLAY naming the recording.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+def create_app() -> Starlette:
+    recording = json.loads(Path(os.environ["BENCH_REPLAY"]).read_text())
+    answers = {
+        key: (base64.b64decode(body), media, etag) for key, (body, media, etag) in recording.items()
+    }
+
+    def answer(key: str, request: Request) -> Response:
+        body, media, etag = answers[key]
+        if etag is not None and request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        headers = {"ETag": etag} if etag is not None else None
+        return Response(body, media_type=media, headers=headers)
+
+    async def graphql(request: Request) -> Response:
+        await request.body()
+        return answer("list", request)
+
+    async def artifact(request: Request) -> Response:
+        return answer(f"artifact {request.path_params['id']}", request)
+
+    async def image(request: Request) -> Response:
+        return answer(f"image {request.path_params['id']}", request)
+
+    async def healthz(_request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["POST"]),
+            Route("/api/artifacts/{id:int}", artifact),
+            Route("/api/artifacts/{id:int}/image", image),
+            Route("/healthz", healthz),
+        ]
+    )

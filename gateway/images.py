@@ -112,7 +112,7 @@ class ImageService:
         self._fetches: SingleFlight[tuple[int, str], FetchedObject | FetchFailure] = SingleFlight()
 
     def close(self) -> None:
-        """Stop the render pool (running renders finish)."""
+        """Stop the render workers (running renders are abandoned)."""
         self.renderer.close()
 
     # -- planning ---------------------------------------------------------------------------

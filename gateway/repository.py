@@ -15,6 +15,7 @@ from sqlalchemy import (
     case,
     func,
     literal_column,
+    null,
     or_,
     text,
     type_coerce,
@@ -38,6 +39,8 @@ class Listed:
 
     # Characters of the stored metadata text (None when there is none): what serving it costs.
     metadata_chars: int | None
+    # False when the page was asked for without its JSON columns (`with_json=False`).
+    json_read: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +172,12 @@ def list_artifacts(
     workflow_id: str | None = None,
     missing_lineage: bool | None = None,
     whole_metadata: bool = False,
+    with_json: bool = True,
 ) -> Page:
     """Up to `first` artifacts with id greater than `after_id`, in id order, filtered.
 
-    Rows come without `metadata.market_data_snapshot` unless `whole_metadata` is set.
+    Rows come without `metadata.market_data_snapshot` unless `whole_metadata` is set, and
+    without either JSON column at all when `with_json` is False (a page that shows none of it).
     """
     conditions: list[ColumnElement[bool]] = []
     if after_id is not None:
@@ -196,7 +201,7 @@ def list_artifacts(
         )
         rows = list(session.exec(statement).all())
         return Page(items=rows[:first], has_next=len(rows) > first)
-    return _listed_page(session, conditions, first)
+    return _listed_page(session, conditions, first, with_json=with_json)
 
 
 def get_listed_artifact(session: Session, *, artifact_id: int) -> Page:
@@ -205,14 +210,28 @@ def get_listed_artifact(session: Session, *, artifact_id: int) -> Page:
     return _listed_page(session, [col(Artifact.id) == artifact_id], 1)
 
 
-def _listed_page(session: Session, conditions: Sequence[ColumnElement[bool]], first: int) -> Page:
+def _listed_page(
+    session: Session,
+    conditions: Sequence[ColumnElement[bool]],
+    first: int,
+    *,
+    with_json: bool = True,
+) -> Page:
     table = Artifact.__table__  # type: ignore[attr-defined]
-    listing = (
-        sql_select(
-            *(table.c[name] for name in _LISTED_COLUMNS),
+    if with_json:
+        json_columns = [
+            table.c.chart_data,
             metadata_without_snapshot_expr(_dialect(session)).label("metadata"),
             func.length(table.c.metadata.cast(Text)).label("metadata_chars"),
-        )
+        ]
+    else:
+        json_columns = [
+            null().label("chart_data"),
+            null().label("metadata"),
+            null().label("metadata_chars"),
+        ]
+    listing = (
+        sql_select(*(table.c[name] for name in _LISTED_COLUMNS), *json_columns)
         .where(and_(True, *conditions))
         .order_by(table.c.id)
         .limit(first + 1)
@@ -221,13 +240,17 @@ def _listed_page(session: Session, conditions: Sequence[ColumnElement[bool]], fi
     items, listed = [], {}
     for record in found[:first]:
         values = record._mapping
-        row = Artifact(**{name: values[name] for name in _LISTED_COLUMNS}, meta=values["metadata"])
+        row = Artifact(
+            **{name: values[name] for name in _LISTED_COLUMNS},
+            chart_data=values["chart_data"],
+            meta=values["metadata"],
+        )
         items.append(row)
-        listed[values["id"]] = Listed(metadata_chars=values["metadata_chars"])
+        listed[values["id"]] = Listed(metadata_chars=values["metadata_chars"], json_read=with_json)
     return Page(items=items, has_next=len(found) > first, listed=listed)
 
 
-# Every column but `metadata`, by its table name (listing reads metadata without the snapshot).
+# Every column but the JSON ones, by table name (a listing reads those as it is asked to).
 _LISTED_COLUMNS = (
     "id",
     "name",
@@ -236,7 +259,6 @@ _LISTED_COLUMNS = (
     "workflow_id",
     "run_id",
     "experiment_id",
-    "chart_data",
     "path",
     "created_at",
 )

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import structlog
 from mlflow.tracking import MlflowClient
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.applications import Starlette
@@ -188,3 +189,16 @@ def mlflow(mlflow_server: MlflowServer) -> MlflowClient:
 def experiment(mlflow: MlflowClient) -> str:
     """A fresh experiment on the real MLflow server; returns its id."""
     return str(mlflow.create_experiment(f"exp-{uuid.uuid4().hex[:10]}"))
+
+
+@pytest.fixture
+def statements() -> Iterator[list[str]]:
+    """Every SQL statement any engine runs during the test (the real driver, counted)."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(Engine, "before_cursor_execute", record)

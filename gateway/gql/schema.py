@@ -27,6 +27,7 @@ from gateway.errors import GatewayError, InvalidInputError, UnauthorizedError
 from gateway.gql.context import Context
 from gateway.gql.cost import count_selections, operation_cost
 from gateway.gql.cursors import decode_cursor, encode_cursor
+from gateway.gql.selection import needs_json
 from gateway.gql.types import (
     Artifact,
     ArtifactConnection,
@@ -91,6 +92,8 @@ class Query:
             symbol=symbol,
             workflow_id=workflow_id,
             missing_lineage=missing_lineage,
+            # A page of names and ids reads no JSON column at all.
+            with_json=needs_json(info.selected_fields),
         )
         edges = [
             ArtifactEdge(

@@ -119,3 +119,39 @@ def test_cached_charts_and_304s_neither_decode_nor_hash_the_snapshot_again(
     assert unchanged.status_code == 304
     assert len(hashed) == 1
     assert sum(decoded) < 2 * 500, f"{sum(decoded)} characters decoded for a cached chart"
+
+
+def artifact_selects(statements: list[str]) -> list[str]:
+    return [
+        s for s in statements if "FROM artifacts" in s and s.lstrip().upper().startswith("SELECT")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("node", "reads_json"),
+    [
+        ("id name type symbol createdAt imageUrl __typename", False),
+        ("id ... on Artifact { name }", False),
+        ("id workflowId", True),
+        ("id lineage { status }", True),
+        ("id ... on Artifact { chartData }", True),
+        ("id x: chart { spec }", True),
+    ],
+)
+def test_a_page_reads_its_json_columns_only_when_its_nodes_show_them(
+    client: TestClient,
+    insert: Callable[..., int],
+    statements: list[str],
+    node: str,
+    reads_json: bool,
+) -> None:
+    chart_rows(insert, 2)
+    statements.clear()
+    body = client.post(
+        "/graphql", json={"query": f"{{ artifacts(first: 2) {{ edges {{ node {{ {node} }} }} }} }}"}
+    ).json()
+    assert "errors" not in body
+    assert len(body["data"]["artifacts"]["edges"]) == 2
+    (page,) = artifact_selects(statements)
+    assert ("artifacts.metadata" in page) == reads_json
+    assert ("artifacts.chart_data" in page) == reads_json

@@ -8,15 +8,13 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
@@ -93,19 +91,6 @@ def test_a_snapshot_that_fails_to_render_is_remembered(
     assert [a.status_code for a in answers] == [422, 422, 422]
     assert all("bar 7" in a.json()["detail"] for a in answers)
     assert "gateway_chart_render_seconds_count 1.0" in client.get("/metrics").text
-
-
-@pytest.fixture
-def statements() -> Iterator[list[str]]:
-    """Every SQL statement any engine runs during the test (the real driver, counted)."""
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(Engine, "before_cursor_execute", record)
-    yield seen
-    event.remove(Engine, "before_cursor_execute", record)
 
 
 HEAVY_PAGE = "{ artifacts(first: 100) { edges { node { chart { snapshotBars } } } } }"

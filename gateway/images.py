@@ -12,6 +12,7 @@ fingerprint, so a matching If-None-Match is answered without fetching or renderi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -63,6 +64,8 @@ class ChartImage:
     cache_hit: bool
     # Regenerated charts only: whether the recorded spec was used (X-Chart-Spec).
     spec_origin: SpecOrigin | None = None
+    # Where the bytes are kept in the in-process cache.
+    cache_key: CacheKey | None = None
 
 
 def render_fingerprint(snapshot: Any, spec: ChartSpec) -> str:
@@ -104,6 +107,10 @@ class ImageService:
         # A row read without its snapshot (id, stored metadata size, spec) -> the fingerprint its
         # snapshot had, for 30 s: 304s and cached charts need neither the snapshot nor a hash.
         self._fingerprints: TTLCache[CacheKey, str] = TTLCache(
+            maxsize=100_000, ttl=REVALIDATE_S, timer=clock
+        )
+        # artifact id + source -> the chart last served (bytes left out), for 30 s.
+        self._served: TTLCache[tuple[int, str], ChartImage] = TTLCache(
             maxsize=100_000, ttl=REVALIDATE_S, timer=clock
         )
         # artifact id + url -> the ETag last served, kept past the 30 s: when its bytes are still
@@ -168,6 +175,19 @@ class ImageService:
         return (row.id, listing.metadata_chars, json.dumps(spec.spec.to_dict(), sort_keys=True))
 
     # -- serving ----------------------------------------------------------------------------
+    def recently_served(self, artifact_id: int, source: Source) -> ChartImage | None:
+        """The chart served for this artifact and source in the last 30 s, while its bytes are
+        still cached: served again without reading the row, as any cache may do for 30 s
+        (`Cache-Control: max-age=30`). None otherwise."""
+        served = self._served.get((artifact_id, source))
+        if served is None or served.cache_key is None:
+            return None
+        data = self.cache.get(served.cache_key)
+        if data is None:
+            return None
+        self._count(served.source, True)
+        return dataclasses.replace(served, data=data, cache_hit=True)
+
     async def image(
         self,
         row: Artifact,
@@ -181,6 +201,20 @@ class ImageService:
         `row` may be read without its snapshot (`listing` set, `whole` reads the full row): the
         snapshot is then read only to draw or hash it, never for a cached chart.
         """
+        assert row.id is not None
+        image = await self._image(row, source=source, listing=listing, whole=whole)
+        # Remembered without its bytes (those stay in the byte-bounded cache only).
+        self._served[(row.id, source)] = dataclasses.replace(image, data=b"")
+        return image
+
+    async def _image(
+        self,
+        row: Artifact,
+        *,
+        source: Source,
+        listing: Listed | None,
+        whole: Callable[[], Awaitable[Artifact]] | None,
+    ) -> ChartImage:
         assert row.id is not None
         if row.artifact_type != ArtifactType.CHART:
             raise NotFoundError(f"artifact {row.id} is not a chart")
@@ -275,7 +309,9 @@ class ImageService:
             cache="hit" if hit else "miss",
             bytes=len(data),
         )
-        return ChartImage(data, _minio_etag(etag), "minio", hit)
+        return ChartImage(
+            data, _minio_etag(etag), "minio", hit, cache_key=self._minio_key(row, location, etag)
+        )
 
     async def _regenerate(
         self,
@@ -300,7 +336,14 @@ class ImageService:
                     fallback_reason=fallback_reason,
                     bytes=len(cached),
                 )
-                return ChartImage(cached, f'"r-{known}"', "regenerated", True, choice.origin)
+                return ChartImage(
+                    cached,
+                    f'"r-{known}"',
+                    "regenerated",
+                    True,
+                    choice.origin,
+                    cache_key=(row.id, "regenerated", known),
+                )
         if listing is not None and whole is not None:
             row = await whole()  # the snapshot is needed: read the row whole
         snapshot = snapshot_of(row)
@@ -352,7 +395,7 @@ class ImageService:
             fallback_reason=fallback_reason,
             bytes=len(data),
         )
-        return ChartImage(data, f'"r-{fingerprint}"', "regenerated", hit, choice.origin)
+        return ChartImage(data, f'"r-{fingerprint}"', "regenerated", hit, choice.origin, key)
 
     def _count(self, source: str, hit: bool) -> None:
         self.metrics.chart_responses.labels(source, "hit" if hit else "miss").inc()

@@ -20,6 +20,7 @@ from gateway.observability import Metrics
 from gateway.settings import Settings
 from tests.faults import RecordingProxy, SilentListener
 from tests.gateway.image_support import (
+    BARS,
     STORED_PNG,
     chart_row,
     image_settings,
@@ -327,3 +328,22 @@ def test_a_minio_miss_is_one_get_and_a_revalidation_one_stat(
     finally:
         images.close()
         upstream.stop()
+
+
+def test_what_was_served_is_remembered_for_30_s_while_its_bytes_are_cached(
+    settings: Settings,
+) -> None:
+    now = [1000.0]
+    images = ImageService(settings=settings, metrics=Metrics(), clock=lambda: now[0])
+    row = Artifact(id=9, name="c", artifact_type="chart", meta={"market_data_snapshot": BARS})
+    try:
+        assert images.recently_served(9, "auto") is None
+        served = asyncio.run(images.image(row))
+        again = images.recently_served(9, "auto")
+        assert again is not None
+        assert (again.data, again.etag, again.cache_hit) == (served.data, served.etag, True)
+        assert images.recently_served(9, "regenerated") is None  # per source
+        now[0] += 31
+        assert images.recently_served(9, "auto") is None
+    finally:
+        images.close()

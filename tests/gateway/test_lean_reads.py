@@ -155,3 +155,27 @@ def test_a_page_reads_its_json_columns_only_when_its_nodes_show_them(
     (page,) = artifact_selects(statements)
     assert ("artifacts.metadata" in page) == reads_json
     assert ("artifacts.chart_data" in page) == reads_json
+
+
+def test_a_chart_served_in_the_last_30_s_is_served_again_without_reading_the_row(
+    client: TestClient, insert: Callable[..., int], statements: list[str]
+) -> None:
+    (artifact_id,) = chart_rows(insert, 1)
+    first = client.get(f"/api/artifacts/{artifact_id}/image")
+    assert first.status_code == 200
+    statements.clear()
+    again = client.get(f"/api/artifacts/{artifact_id}/image")
+    unchanged = client.get(
+        f"/api/artifacts/{artifact_id}/image", headers={"If-None-Match": first.headers["etag"]}
+    )
+    assert (again.status_code, again.content, again.headers["x-cache"]) == (
+        200,
+        first.content,
+        "hit",
+    )
+    assert again.headers["etag"] == first.headers["etag"]
+    assert unchanged.status_code == 304
+    assert artifact_selects(statements) == []
+    other_source = client.get(f"/api/artifacts/{artifact_id}/image?source=minio")
+    assert other_source.status_code == 404  # another source is its own question: row read
+    assert len(artifact_selects(statements)) == 1

@@ -2,7 +2,9 @@
 
 The same routes, bodies, content types and ETags (304 on a matching If-None-Match), from
 memory: what serving those bytes costs with no database, lineage, cache or policy behind them.
-`uvicorn --factory bench._replay_app:create_app` with BENCH_REPLAY naming the recording.
+Run as `python bench/_replay_app.py PORT` with BENCH_REPLAY naming the recording: 2 uvicorn
+workers with the same listening socket as `gateway serve` (`gateway.serving.GatewayConfig`,
+TCP_NODELAY), so the two differ in the application only.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -51,4 +54,21 @@ def create_app() -> Starlette:
             Route("/api/artifacts/{id:int}/image", image),
             Route("/healthz", healthz),
         ]
+    )
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from gateway.serving import GatewayConfig, run
+
+    run(
+        GatewayConfig(
+            "bench._replay_app:create_app",
+            factory=True,
+            port=int(sys.argv[1]),
+            workers=2,
+            timeout_keep_alive=75,
+            log_level="error",
+            access_log=False,
+        )
     )

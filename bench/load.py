@@ -160,24 +160,10 @@ def record_answers(url: str, etags: dict[int, str], path: Path) -> None:
 
 
 def start_baseline(recording: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The replay app under uvicorn with 2 workers, as the gateway runs, once it answers."""
+    """The replay app with 2 uvicorn workers and the gateway's socket options, once it answers."""
     port = free_port()
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "bench._replay_app:create_app",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-            "--log-level",
-            "error",
-            "--timeout-keep-alive",
-            "75",
-        ],
+        [sys.executable, str(Path(__file__).with_name("_replay_app.py")), str(port)],
         env={**os.environ, "BENCH_REPLAY": str(recording)},
         cwd=Path(__file__).resolve().parents[1],
     )

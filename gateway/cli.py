@@ -19,30 +19,19 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from gateway.observability import configure_logging
+    from gateway.serving import serve
 
     # uvicorn's loggers go through the gateway's structlog configuration (log_config=None keeps
     # uvicorn from installing its plain-text handlers), so the stream stays JSON lines.
     configure_logging(log_format=settings.log_format, level=settings.log_level)
-    uvicorn.run(
-        "gateway.app:create_app",
-        factory=True,
+    serve(
+        settings,
         host=args.host,
         port=args.port,
+        workers=args.workers,
+        keep_alive=args.keep_alive,
         reload=args.reload,
-        workers=None if args.reload else args.workers,
-        # Longer than the idle timeout of load balancers and client pools (60 s on AWS ALB,
-        # 5 s in httpx): the client must always be the side that closes an idle connection,
-        # or a request sent as the server closes it fails with a reset.
-        timeout_keep_alive=args.keep_alive,
-        # Open connections per worker, idle and slow ones included: past it, uvicorn answers 503
-        # at once instead of holding file descriptors until the process runs out.
-        limit_concurrency=settings.max_connections,
-        access_log=False,  # the gateway logs its own `http.request` event with the request id
-        log_config=None,
-        proxy_headers=True,
     )
     return 0
 

@@ -37,10 +37,9 @@ T = TypeVar("T")
 class Listed:
     """What a listed row knows of its stored `metadata` without having read it whole."""
 
-    # Characters of the stored metadata text (None when there is none): what serving it costs.
+    # Characters of the stored metadata text (None when there is none, or when the page was
+    # read without its JSON columns): what serving it costs.
     metadata_chars: int | None
-    # False when the page was asked for without its JSON columns (`with_json=False`).
-    json_read: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +245,7 @@ def _listed_page(
             meta=values["metadata"],
         )
         items.append(row)
-        listed[values["id"]] = Listed(metadata_chars=values["metadata_chars"], json_read=with_json)
+        listed[values["id"]] = Listed(metadata_chars=values["metadata_chars"])
     return Page(items=items, has_next=len(found) > first, listed=listed)
 
 

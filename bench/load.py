@@ -113,6 +113,17 @@ async def run_load(
         return latencies, errors, time.perf_counter() - started
 
 
+def answering(url: str) -> str:
+    """`url`, once its /healthz answers (at most about 30 s)."""
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return url
+
+
 def start_gateway(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`gateway serve --workers 2` on demo data (embedded defaults), once /healthz answers."""
     db_url, mlflow_uri = f"sqlite:///{root / 'gw.db'}", f"sqlite:///{root / 'mlflow.db'}"
@@ -132,14 +143,7 @@ def start_gateway(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         [str(gateway), "serve", "--workers", "2", "--port", str(port)],
         env=env,
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    return server, url
+    return server, answering(f"http://127.0.0.1:{port}")
 
 
 def record_answers(url: str, etags: dict[int, str], path: Path) -> None:
@@ -167,14 +171,7 @@ def start_baseline(recording: Path) -> tuple[subprocess.Popen[bytes], str]:
         env={**os.environ, "BENCH_REPLAY": str(recording)},
         cwd=Path(__file__).resolve().parents[1],
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    return server, url
+    return server, answering(f"http://127.0.0.1:{port}")
 
 
 def warm_up(url: str, *, clients: int, seconds: float) -> dict[int, str]:

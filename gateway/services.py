@@ -148,15 +148,16 @@ async def load_listed_artifact(
     services: Services, artifact_id: int
 ) -> tuple[Artifact, repository.Listed]:
     """The row without its snapshot, and what its stored metadata costs; NotFoundError when
-    absent. For paths that need the snapshot only sometimes (the image route)."""
+    absent. For paths that need the snapshot only sometimes (GraphQL, the image route)."""
     page = await repository.run_in_session(
         services.engine, repository.get_listed_artifact, artifact_id=artifact_id
     )
-    for row in page.items:
-        listing = page.listing_of(row)
-        if listing is not None:
-            return row, listing
-    raise NotFoundError(f"artifact {artifact_id} does not exist")
+    if not page.items:
+        raise NotFoundError(f"artifact {artifact_id} does not exist")
+    row = page.items[0]
+    listing = page.listing_of(row)
+    assert listing is not None  # a listed page knows every row it holds
+    return row, listing
 
 
 async def snapshot_summary(services: Services, row: Artifact) -> SnapshotSummary | None:

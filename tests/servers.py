@@ -155,14 +155,21 @@ class MlflowServer:
         self.process = None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
+        if self.process is not None:
+            stop_group(self.process, grace_s=15)
         self.process = None
+
+
+def stop_group(process: subprocess.Popen[bytes], *, grace_s: float) -> None:
+    """SIGTERM a server's process group, SIGKILL it if it is still there after `grace_s`."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
 
 
 def s3_client(endpoint: str) -> Any:
@@ -222,13 +229,8 @@ class GatewayProcess:
         ]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
+        if self.process is not None:
+            stop_group(self.process, grace_s=30)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

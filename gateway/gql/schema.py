@@ -23,7 +23,7 @@ from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext, Info
 
 from gateway import repair, repository
-from gateway.errors import GatewayError, InvalidInputError, UnauthorizedError
+from gateway.errors import GatewayError, InvalidInputError, NotFoundError, UnauthorizedError
 from gateway.gql.context import Context
 from gateway.gql.cost import count_selections, operation_cost
 from gateway.gql.cursors import decode_cursor, encode_cursor
@@ -36,7 +36,7 @@ from gateway.gql.types import (
     PageInfo,
     artifact_from_row,
 )
-from gateway.services import check_artifact_id
+from gateway.services import check_artifact_id, load_listed_artifact
 
 MAX_DEPTH = 10
 MAX_ALIASES = 15
@@ -60,14 +60,11 @@ class Query:
     @strawberry.field(description="One artifact by id; null when it does not exist.")
     async def artifact(self, info: Info[Context, None], id: int) -> Artifact | None:
         # Read as lists read rows: its snapshot is parsed (in a worker) only if asked for.
-        page = await repository.run_in_session(
-            info.context.services.engine,
-            repository.get_listed_artifact,
-            artifact_id=check_artifact_id(id),
-        )
-        if not page.items:
+        try:
+            row, listing = await load_listed_artifact(info.context.services, check_artifact_id(id))
+        except NotFoundError:
             return None
-        return artifact_from_row(page.items[0], page.listing_of(page.items[0]))
+        return artifact_from_row(row, listing)
 
     @strawberry.field(description="Artifacts in id order, filtered, paginated (max 100 a page).")
     async def artifacts(

@@ -131,6 +131,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.answers = Counter(
+            "gateway_answers_total",
+            "Reads answered from a kept answer (hit) or worked out (miss), by API.",
+            ["api", "outcome"],
+            registry=r,
+        )
         self.lineage_resolutions = Counter(
             "gateway_lineage_resolutions_total",
             "Lineage resolutions on read.",

@@ -26,6 +26,7 @@ from gateway.services import (
     parse_artifact_id,
     services_of,
 )
+from gateway.strictjson import dumps_bytes
 
 READY_TIMEOUT_S = 3.0
 
@@ -77,9 +78,17 @@ def artifact_json(row: Artifact, lineage: Lineage, *, ui_url: str | None) -> dic
 async def get_artifact(request: Request) -> Response:
     """GET /api/artifacts/{id}."""
     services = services_of(request)
-    row = await load_artifact(services, request.path_params["artifact_id"])
+    artifact_id = parse_artifact_id(request.path_params["artifact_id"])
+    key = ("rest artifact", str(artifact_id))
+    kept = services.answers.get(key)
+    services.metrics.answers.labels("rest", "hit" if kept else "miss").inc()
+    if kept is not None:
+        return Response(kept, media_type="application/json")
+    row = await load_artifact(services, artifact_id)
     lineage = await RequestLineage(services.resolver).of(row)
-    return StrictJSONResponse(artifact_json(row, lineage, ui_url=services.settings.mlflow_ui_base))
+    body = dumps_bytes(artifact_json(row, lineage, ui_url=services.settings.mlflow_ui_base))
+    services.answers.keep(key, body.decode("utf-8"))
+    return Response(body, media_type="application/json")
 
 
 async def healthz(_request: Request) -> Response:

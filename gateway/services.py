@@ -22,6 +22,7 @@ from starlette.requests import HTTPConnection
 from strawberry.dataloader import DataLoader
 
 from gateway import repository
+from gateway.answers import AnswerCache
 from gateway.breaker import CircuitBreaker
 from gateway.db import init_db, make_engine
 from gateway.errors import InvalidInputError, NotFoundError
@@ -59,6 +60,8 @@ class Services:
     cpu_limiter: anyio.CapacityLimiter
     # Worker processes for snapshot summaries: parsing never holds the serving process's GIL.
     parser: WorkerPool
+    # Recent answers to reads, served again for GATEWAY_ANSWER_CACHE_S.
+    answers: AnswerCache
 
 
 @asynccontextmanager
@@ -88,6 +91,7 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
             images=images,
             cpu_limiter=cpu_limiter,
             parser=parser,
+            answers=AnswerCache(ttl_s=settings.answer_cache_s),
         )
     finally:
         resolver.stop_warm_up()

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
 
     # GraphQL work a request may ask for (prices in gateway/gql/cost.py and the README).
     max_query_cost: int = Field(default=1000, ge=1, validation_alias="GATEWAY_MAX_QUERY_COST")
+    # How long the answer of a read (a GraphQL query, GET /api/artifacts/{id}) is served again
+    # to identical reads (gateway/answers.py); 0 turns it off.
+    answer_cache_s: float = Field(
+        default=2.0, ge=0, le=60, validation_alias="GATEWAY_ANSWER_CACHE_S"
+    )
     # Wall-clock bound of one request's work (it also stops when the client disconnects).
     request_timeout_s: float = Field(
         default=30.0, gt=0, validation_alias="GATEWAY_REQUEST_TIMEOUT_S"

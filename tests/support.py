@@ -95,6 +95,8 @@ def lineage_settings(settings: Settings, tracking_uri: str, **extra: Any) -> Set
         "mlflow_ui_url": UI,
         "mlflow_timeout_s": 3.0,
         "mlflow_breaker_cooldown_s": 0.5,
+        # Each read resolves lineage anew (a kept answer would repeat the first read's).
+        "answer_cache_s": 0,
     }
     return with_overrides(settings, **{**defaults, **extra})
 

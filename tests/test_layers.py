@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "gateway.verify": 2,
     "gateway.demo": 2,
     # services
+    "gateway.answers": 2,
     "gateway.services": 3,
     # delivery
     "gateway.problems": 4,

@@ -24,6 +24,7 @@ from strawberry.types import ExecutionContext, Info
 
 from gateway import repair, repository
 from gateway.errors import GatewayError, InvalidInputError, NotFoundError, UnauthorizedError
+from gateway.gql.answers import KeptAnswers
 from gateway.gql.context import Context
 from gateway.gql.cost import count_selections, operation_cost
 from gateway.gql.cursors import decode_cursor, encode_cursor
@@ -174,6 +175,8 @@ class Mutation:
             limit=limit if limit is not None else DEFAULT_REPAIR_LIMIT,
             dry_run=dry_run,
         )
+        if report.repaired:
+            ctx.services.answers.clear()  # kept answers show rows without the ids just written
         return RepairReport(
             dry_run=report.dry_run,
             scanned=report.scanned,
@@ -331,6 +334,7 @@ def build_schema(
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
         lambda: ParserCache(maxsize=256),
         lambda: QueryBudget(max_cost=max_query_cost, valid_documents=valid_documents),
+        KeptAnswers,
     ]
     if production:
         extensions += [

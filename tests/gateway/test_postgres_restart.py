@@ -43,7 +43,12 @@ def test_postgres_going_away_gives_fast_503s_and_the_gateway_recovers(
     url = make_url(database_url)
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    settings = Settings(database_url=proxied, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    # Kept answers off: every read here must reach the database (a kept one would be a 200).
+    settings = Settings(
+        database_url=proxied,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        answer_cache_s=0,
+    )
     try:
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
             assert client.get(f"/api/artifacts/{artifact_id}").status_code == 200

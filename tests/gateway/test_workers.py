@@ -26,6 +26,10 @@ def niceness() -> int:
     return os.nice(0)
 
 
+def scheduling_policy() -> int:
+    return os.sched_getscheduler(0)
+
+
 def spin_after_writing_pid(pid_file: str) -> None:
     Path(pid_file).write_text(str(os.getpid()))
     while True:
@@ -73,6 +77,12 @@ def test_a_job_raises_the_functions_own_error(pool: WorkerPool) -> None:
 def test_workers_run_at_a_lower_priority_than_the_server(pool: WorkerPool) -> None:
     expected = min(os.nice(0) + WORKER_NICENESS, 19)
     assert asyncio.run(pool.run(niceness)) == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_workers_run_only_on_cpu_time_the_server_leaves_idle(pool: WorkerPool) -> None:
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the server keeps its own policy
+    assert asyncio.run(pool.run(scheduling_policy)) == os.SCHED_IDLE
 
 
 def test_a_cancelled_job_stops_its_worker_and_the_pool_goes_on(

@@ -1,6 +1,6 @@
 """Baseline for bench/load.py: a bare Starlette app serving the gateway's own recorded answers.
 
-The same routes, bodies, content types and ETags (304 on a matching If-None-Match), from
+The same routes, bodies and headers (304 on a matching If-None-Match), from
 memory: what serving those bytes costs with no database, lineage, cache or policy behind them.
 Run as `python bench/_replay_app.py PORT` with BENCH_REPLAY naming the recording: 2 uvicorn
 workers with the same listening socket as `gateway serve` (`gateway.serving.GatewayConfig`,
@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -23,16 +24,17 @@ from starlette.routing import Route
 
 def create_app() -> Starlette:
     recording = json.loads(Path(os.environ["BENCH_REPLAY"]).read_text())
-    answers = {
-        key: (base64.b64decode(body), media, etag) for key, (body, media, etag) in recording.items()
-    }
+    answers = {key: (base64.b64decode(body), headers) for key, (body, headers) in recording.items()}
 
     def answer(key: str, request: Request) -> Response:
-        body, media, etag = answers[key]
+        body, recorded = answers[key]
+        # The gateway's headers, with a fresh request id as the gateway makes one.
+        headers = {**recorded, "x-request-id": uuid.uuid4().hex}
+        etag = recorded.get("etag")
         if etag is not None and request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers={"ETag": etag})
-        headers = {"ETag": etag} if etag is not None else None
-        return Response(body, media_type=media, headers=headers)
+            del headers["content-type"]
+            return Response(status_code=304, headers=headers)
+        return Response(body, headers=headers)
 
     async def graphql(request: Request) -> Response:
         await request.body()

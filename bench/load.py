@@ -1,11 +1,13 @@
 """Load benchmark: `gateway serve --workers 2` under a mixed workload on loopback, and render soak.
 
-Mixed workload at 64 concurrent clients (bounded in time): artifact lists with lineage, single
-artifacts, images with and without If-None-Match. Reports requests/s, p50/p95/p99 per kind,
-errors, and worker RSS after warm-up and at the end. The baseline, measured in the same run with
-the same client and load: a bare Starlette app (`_replay_app.py`, 2 uvicorn workers) serving
-the gateway's own recorded answers from memory. Then renders N charts in a row in one process
-and reports RSS growth.
+Mixed workload at 48 concurrent clients (bounded in time): artifact lists of 50 with lineage,
+single artifacts, images with and without If-None-Match. Reports requests/s, p50/p95/p99 per
+kind, errors, and worker RSS after warm-up and at the end. Then the same workload while 6 more
+clients keep asking for charts nobody has rendered yet (1,500 extra chart rows of 300 bars):
+throughput, and p99 against the steady run's. The baseline, measured in the same run with the
+same client and load: a bare Starlette app (`_replay_app.py`, 2 uvicorn workers) serving the
+gateway's own recorded answers (bodies and headers) from memory. Then renders N charts in a row
+in one process and reports RSS growth.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import os
 import random
@@ -21,17 +24,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
 from chartkit import ChartSpec, random_walk_bars, render_chart
 from gateway.db import make_engine
 from gateway.demo import seed_demo_data
+from gateway.models import Artifact
 from gateway.observability import configure_logging
 from tests.servers import free_port
+
+# Clients that ask for never-rendered charts in the disturbed run, and those charts' bars.
+COLD_CLIENTS = 6
+COLD_BARS = 300
+KINDS = ("list", "artifact", "image", "image_304")
 
 LIST = (
     "{ artifacts(first: 50) { edges { node { id name runId experimentId lineage { status } } } } }"
@@ -66,16 +78,43 @@ def pct(samples: list[float], q: float) -> float:
 
 
 async def run_load(
-    url: str, *, clients: int, seconds: float, etags: dict[int, str]
+    url: str,
+    *,
+    clients: int,
+    seconds: float,
+    etags: dict[int, str],
+    cold: Iterator[int] | None = None,
 ) -> tuple[dict[str, list[float]], int, float]:
+    """The mixed workload; with `cold`, COLD_CLIENTS more clients each ask, one after the other,
+    for the image of the next artifact of `cold` (charts nobody has rendered yet)."""
     latencies: dict[str, list[float]] = {"list": [], "artifact": [], "image": [], "image_304": []}
+    if cold is not None:
+        latencies["cold_image"] = []
     errors = 0
     failures: dict[str, int] = {}
     charts = sorted(etags)
     deadline = time.perf_counter() + seconds
+    connections = clients + (COLD_CLIENTS if cold is not None else 0)
     async with httpx.AsyncClient(
-        base_url=url, timeout=30, limits=httpx.Limits(max_connections=clients)
+        base_url=url, timeout=30, limits=httpx.Limits(max_connections=connections)
     ) as client:
+
+        async def cold_worker(artifacts: Iterator[int]) -> None:
+            nonlocal errors
+            for artifact_id in artifacts:
+                if time.perf_counter() >= deadline:
+                    return
+                started = time.perf_counter()
+                try:
+                    r = await client.get(f"/api/artifacts/{artifact_id}/image")
+                    ok = r.status_code == 200 and r.headers.get("x-cache") == "miss"
+                    label = f"cold_image HTTP {r.status_code} x-cache {r.headers.get('x-cache')}"
+                except httpx.HTTPError as exc:
+                    ok, label = False, f"cold_image {type(exc).__name__}"
+                latencies["cold_image"].append(time.perf_counter() - started)
+                if not ok:
+                    failures[label] = failures.get(label, 0) + 1
+                    errors += 1
 
         async def worker(seed: int) -> None:
             nonlocal errors
@@ -107,7 +146,8 @@ async def run_load(
                 errors += not ok
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(clients)))
+        cold_workers = [cold_worker(cold) for _ in range(COLD_CLIENTS)] if cold is not None else []
+        await asyncio.gather(*(worker(i) for i in range(clients)), *cold_workers)
         if failures:
             print("failures:", failures)
         return latencies, errors, time.perf_counter() - started
@@ -124,11 +164,41 @@ def answering(url: str) -> str:
     return url
 
 
-def start_gateway(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`gateway serve --workers 2` on demo data (embedded defaults), once /healthz answers."""
+def seed_cold_charts(engine: Engine, count: int) -> list[int]:
+    """`count` chart artifacts like the demo's first chart (its lineage, no MinIO object), each
+    with a snapshot of its own: charts nobody has rendered. Returns their ids."""
+    with Session(engine) as session:
+        model = session.exec(
+            select(Artifact).where(Artifact.artifact_type == "chart").order_by(col(Artifact.id))
+        ).first()
+        assert model is not None, "the demo data has no chart"
+        rows = [
+            Artifact(
+                name=f"cold chart {i}",
+                artifact_type="chart",
+                symbol=model.symbol,
+                workflow_id=model.workflow_id,
+                run_id=model.run_id,
+                experiment_id=model.experiment_id,
+                meta={"market_data_snapshot": random_walk_bars(COLD_BARS, seed=10_000 + i)},
+                created_at=model.created_at,
+            )
+            for i in range(count)
+        ]
+        session.add_all(rows)
+        session.commit()
+        return [row.id for row in rows if row.id is not None]
+
+
+def start_gateway(
+    root: Path, *, cold_charts: int = 0
+) -> tuple[subprocess.Popen[bytes], str, list[int]]:
+    """`gateway serve --workers 2` on demo data (embedded defaults) and `cold_charts` more
+    charts, once /healthz answers; and the ids of those charts."""
     db_url, mlflow_uri = f"sqlite:///{root / 'gw.db'}", f"sqlite:///{root / 'mlflow.db'}"
     engine = make_engine(db_url)
     seed_demo_data(engine=engine, tracking_uri=mlflow_uri)
+    cold = seed_cold_charts(engine, cold_charts) if cold_charts else []
     engine.dispose()
     port = free_port()
     env = {
@@ -143,21 +213,25 @@ def start_gateway(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         [str(gateway), "serve", "--workers", "2", "--port", str(port)],
         env=env,
     )
-    return server, answering(f"http://127.0.0.1:{port}")
+    return server, answering(f"http://127.0.0.1:{port}"), cold
 
 
 def record_answers(url: str, etags: dict[int, str], path: Path) -> None:
     """The gateway's answers to every request of the workload, for the replay baseline."""
-    recording: dict[str, tuple[str, str, str | None]] = {}
+    recording: dict[str, tuple[str, dict[str, str]]] = {}
 
     def keep(key: str, response: httpx.Response) -> None:
-        media = response.headers["content-type"]
-        etag = response.headers.get("etag")
-        recording[key] = (base64.b64encode(response.content).decode(), media, etag)
+        # Every header the gateway sent, but those the server writes for each response.
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in {"date", "server", "content-length"}
+        }
+        recording[key] = (base64.b64encode(response.content).decode(), headers)
 
     keep("list", httpx.post(f"{url}/graphql", json={"query": LIST}, timeout=60))
     for artifact_id in range(1, 37):
-        keep(f"artifact {artifact_id}", httpx.get(f"{url}/api/artifacts/{artifact_id}"))
+        keep(f"artifact {artifact_id}", httpx.get(f"{url}/api/artifacts/{artifact_id}", timeout=60))
     for chart in etags:
         keep(f"image {chart}", httpx.get(f"{url}/api/artifacts/{chart}/image", timeout=60))
     path.write_text(json.dumps(recording))
@@ -179,7 +253,7 @@ def warm_up(url: str, *, clients: int, seconds: float) -> dict[int, str]:
     charts = [
         i
         for i in range(1, 37)
-        if httpx.get(f"{url}/api/artifacts/{i}").json()["artifact_type"] == "chart"
+        if httpx.get(f"{url}/api/artifacts/{i}", timeout=60).json()["artifact_type"] == "chart"
     ]
     etags = {
         i: httpx.get(f"{url}/api/artifacts/{i}/image", timeout=60).headers["etag"] for i in charts
@@ -196,28 +270,36 @@ def warm_up(url: str, *, clients: int, seconds: float) -> dict[int, str]:
 
 
 def report_load(
+    title: str,
     latencies: dict[str, list[float]],
     errors: int,
     elapsed: float,
-    rss: tuple[dict[int, float], dict[int, float]],
-    *,
-    clients: int,
-    seconds: float,
+    rss: tuple[dict[int, float], dict[int, float]] | None = None,
 ) -> None:
     """Percentiles per kind, throughput, errors and each worker's RSS growth."""
-    total = sum(len(v) for v in latencies.values())
-    print(f"mixed load: {clients} clients, {seconds:.0f} s, gateway serve --workers 2")
+    print(title)
     print(f"{'kind':<12} {'requests':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for kind, samples in latencies.items():
-        print(
-            f"{kind:<12} {len(samples):>9} {pct(samples, 0.5):>8.1f} {pct(samples, 0.95):>8.1f} "
-            f"{pct(samples, 0.99):>8.1f}"
-        )
-    print(f"total {total / elapsed:,.0f} req/s, errors {errors}")
-    start, end = rss
-    for pid in start:
-        growth = (end[pid] / start[pid] - 1) * 100 if start[pid] else 0.0
-        print(f"worker {pid}: RSS {start[pid]:.0f} -> {end[pid]:.0f} MiB ({growth:+.1f}%)")
+        if samples:
+            print(
+                f"{kind:<12} {len(samples):>9} {pct(samples, 0.5):>8.1f} "
+                f"{pct(samples, 0.95):>8.1f} {pct(samples, 0.99):>8.1f}"
+            )
+    print(f"total {served(latencies) / elapsed:,.0f} req/s, errors {errors}")
+    if rss is not None:
+        start, end = rss
+        for pid in start:
+            growth = (end[pid] / start[pid] - 1) * 100 if start[pid] else 0.0
+            print(f"worker {pid}: RSS {start[pid]:.0f} -> {end[pid]:.0f} MiB ({growth:+.1f}%)")
+
+
+def served(latencies: dict[str, list[float]]) -> int:
+    """Requests of the mixed workload (cold renders are the disturbance, not the figure)."""
+    return sum(len(v) for kind, v in latencies.items() if kind != "cold_image")
+
+
+def p99_of(latencies: dict[str, list[float]], kinds: tuple[str, ...]) -> float:
+    return pct([x for kind in kinds for x in latencies[kind]], 0.99)
 
 
 def render_soak(renders: int) -> None:
@@ -244,52 +326,80 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=30)
-    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=48)
+    parser.add_argument("--cold-charts", type=int, default=1500)
     parser.add_argument("--renders", type=int, default=2000)
     args = parser.parse_args()
     configure_logging(log_format="json", level="error")
     root = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    server, url = start_gateway(root)
+    server, url, cold = start_gateway(root, cold_charts=args.cold_charts)
+    load = functools.partial(run_load, url, clients=args.clients, seconds=args.seconds)
     try:
         etags = warm_up(url, clients=args.clients, seconds=args.warmup)
         record_answers(url, etags, root / "answers.json")
         workers = children(server.pid)
         rss_start = {pid: rss_mib(pid) for pid in workers}
-        latencies, errors, elapsed = asyncio.run(
-            run_load(url, clients=args.clients, seconds=args.seconds, etags=etags)
-        )
+        steady, steady_errors, steady_elapsed = asyncio.run(load(etags=etags))
         rss_end = {pid: rss_mib(pid) for pid in workers}
+        disturbed, disturbed_errors, disturbed_elapsed = asyncio.run(
+            load(etags=etags, cold=iter(cold))
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
+    title = f"mixed load: {args.clients} clients, {args.seconds:.0f} s, gateway serve --workers 2"
+    report_load(title, steady, steady_errors, steady_elapsed, (rss_start, rss_end))
     report_load(
-        latencies,
-        errors,
-        elapsed,
-        (rss_start, rss_end),
-        clients=args.clients,
-        seconds=args.seconds,
+        f"{title}, while {COLD_CLIENTS} more clients ask for charts nobody has rendered",
+        disturbed,
+        disturbed_errors,
+        disturbed_elapsed,
     )
+    if len(disturbed["cold_image"]) >= len(cold):
+        print(f"  (all {len(cold)} cold charts were rendered before the end: seed more)")
     baseline, baseline_url = start_baseline(root / "answers.json")
     try:
         asyncio.run(run_load(baseline_url, clients=args.clients, seconds=5, etags=etags))
-        base_latencies, base_errors, base_elapsed = asyncio.run(
+        base, base_errors, base_elapsed = asyncio.run(
             run_load(baseline_url, clients=args.clients, seconds=args.seconds, etags=etags)
         )
     finally:
         baseline.terminate()
         baseline.wait(timeout=30)
-    gateway_rate = sum(len(v) for v in latencies.values()) / elapsed
-    base_rate = sum(len(v) for v in base_latencies.values()) / base_elapsed
-    print(
-        f"baseline (bare Starlette replaying the same answers, 2 workers): {base_rate:,.0f} req/s, "
-        f"errors {base_errors}; gateway {gateway_rate:,.0f} req/s = {gateway_rate / base_rate:.2f}x"
+    report_load(
+        "baseline: bare Starlette replaying the same answers (2 workers), same client",
+        base,
+        base_errors,
+        base_elapsed,
     )
-    for kind in latencies:
+    base_rate = served(base) / base_elapsed
+    steady_rate = served(steady) / steady_elapsed
+    disturbed_rate = served(disturbed) / disturbed_elapsed
+    reads = ("list", "artifact")
+    print(f"{'figure':<44} {'gateway':>12} {'baseline':>12} {'ratio':>7}")
+    rows = [
+        ("steady mixed throughput (req/s)", steady_rate, base_rate),
+        ("throughput while cold renders run (req/s)", disturbed_rate, base_rate),
+        (
+            "list+artifact p99 while cold renders run (ms)",
+            p99_of(disturbed, reads),
+            p99_of(steady, reads),
+        ),
+        (
+            "all kinds p99 while cold renders run (ms)",
+            p99_of(disturbed, KINDS),
+            p99_of(steady, KINDS),
+        ),
+    ]
+    for figure, value, baseline_value in rows:
         print(
-            f"  {kind:<10} p99 gateway {pct(latencies[kind], 0.99):7.1f} ms, "
-            f"baseline {pct(base_latencies[kind], 0.99):7.1f} ms"
+            f"{figure:<44} {value:>12,.1f} {baseline_value:>12,.1f} {value / baseline_value:>6.2f}x"
         )
+    print(
+        "(the p99 rows' baseline is the gateway's own steady p99; "
+        f"{len(disturbed['cold_image'])} cold charts rendered in the disturbed run, "
+        f"p50 {pct(disturbed['cold_image'], 0.5):.0f} ms each)"
+    )
     if args.renders >= 1:
         render_soak(args.renders)
 

@@ -23,7 +23,7 @@ class RecordingProxy:
     """An HTTP reverse proxy on loopback that records requests and can delay or go down.
 
     Sits between the gateway and a real server: the gateway talks to `url`; `requests` lists
-    (method, path, body) of what reached the upstream. `delay_s` holds each request back;
+    (method, path, body) of what reached the upstream (`targets` the path with its query). `delay_s` holds each request back;
     `stop()` closes the port (connection refused) and `start()` reopens the same port.
     """
 
@@ -32,6 +32,7 @@ class RecordingProxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[tuple[str, str, bytes]] = []
+        self.targets: list[str] = []
         self.delay_s = 0.0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -47,6 +48,7 @@ class RecordingProxy:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.targets.clear()
 
     def start(self) -> RecordingProxy:
         proxy = self
@@ -64,6 +66,7 @@ class RecordingProxy:
                     time.sleep(proxy.delay_s)
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path.split("?")[0], body))
+                    proxy.targets.append(self.path)
                 headers = {
                     k: v
                     for k, v in self.headers.items()

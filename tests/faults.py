@@ -24,7 +24,9 @@ class RecordingProxy:
 
     Sits between the gateway and a real server: the gateway talks to `url`; `requests` lists
     (method, path, body) of what reached the upstream (`targets` the path with its query). `delay_s` holds each request back;
-    `stop()` closes the port (connection refused) and `start()` reopens the same port.
+    `stop()` closes the port (connection refused) and the connections it holds (as a server
+    going down does: a client's pooled connection does not outlive it), and `start()` reopens
+    the same port.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -36,6 +38,7 @@ class RecordingProxy:
         self.delay_s = 0.0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()
 
     def paths(self, prefix: str = "") -> list[str]:
         with self._lock:
@@ -58,6 +61,17 @@ class RecordingProxy:
 
             def log_message(self, *args: Any) -> None:
                 return
+
+            def setup(self) -> None:
+                super().setup()
+                with proxy._lock:
+                    proxy._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with proxy._lock:
+                    proxy._connections.discard(self.connection)
+                with suppress(OSError):
+                    super().finish()
 
             def _forward(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
@@ -114,6 +128,11 @@ class RecordingProxy:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class SilentListener:

@@ -89,19 +89,18 @@ def _row_id(row: Artifact) -> int:
 
 
 def _write(session: Session, *, pairs: list[tuple[Artifact, Lineage]]) -> list[bool]:
-    written = []
+    # One compare-and-set per distinct (run, experiment): a batch's rows mostly share a few.
+    by_ids: dict[tuple[str, str], list[int]] = {}
     for row, lineage in pairs:
         assert lineage.run_id is not None
         assert lineage.experiment_id is not None
-        written.append(
-            repository.set_lineage_if_null(
-                session,
-                artifact_id=_row_id(row),
-                run_id=lineage.run_id,
-                experiment_id=lineage.experiment_id,
-            )
+        by_ids.setdefault((lineage.run_id, lineage.experiment_id), []).append(_row_id(row))
+    written: set[int] = set()
+    for (run_id, experiment_id), artifact_ids in by_ids.items():
+        written |= repository.set_lineage_if_null(
+            session, artifact_ids=artifact_ids, run_id=run_id, experiment_id=experiment_id
         )
-    return written
+    return [_row_id(row) in written for row, _ in pairs]
 
 
 async def repair_lineage(

@@ -4,7 +4,8 @@ A page of 100 legacy artifacts (5 workflows) read through GraphQL with a cold ca
 app) and a warm cache, against the baseline: the same page with lineage stored on the rows.
 The cold read is also set against its floor: the stored page plus the MLflow requests the cold
 read made, sent straight to MLflow in one concurrent wave. Prints medians, ratios and the MLflow
-requests each read made; then repairs 10,000 rows.
+requests each read made; then repairs 10,000 rows on SQLite and (when reachable, in a schema of
+its own) PostgreSQL.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from gateway.repair import repair_lineage
 from gateway.services import build_resolver
 from gateway.settings import Settings
 from tests.faults import RecordingProxy
-from tests.servers import MlflowServer
+from tests.servers import MlflowServer, postgres_schema, postgres_unreachable_reason
 
+BATCH = 500
 PAGE = "{ artifacts(first: 100) { edges { node { id runId experimentId lineage { status } } } } }"
 
 
@@ -171,10 +173,10 @@ def page_figures(
 
 
 def repair_figure(
-    base: Settings, proxy: RecordingProxy, root: Path, workflows: list[str], rows: int
+    base: Settings, proxy: RecordingProxy, repair_url: str, workflows: list[str], rows: int
 ) -> None:
-    """Rows per second of a repair over `rows` legacy rows, and the MLflow requests it made."""
-    repair_url = f"sqlite:///{root / 'repair.db'}"
+    """Rows per second of a repair over `rows` legacy rows, the MLflow requests it made, and
+    the seconds it spent waiting for them (one search per workflow: MLflow has no IN on tags)."""
     seed(
         repair_url,
         [
@@ -185,10 +187,19 @@ def repair_figure(
     engine = make_engine(repair_url)
     settings = base.model_copy(update={"database_url": repair_url})
 
+    metrics = Metrics()
+    first: list[float] = []
+
+    def first_batch_done(_report: object) -> None:
+        if not first:
+            first.append(time.perf_counter())
+
     async def repair() -> int:
-        resolver = build_resolver(settings, Metrics())
+        resolver = build_resolver(settings, metrics)
         try:
-            report = await repair_lineage(engine=engine, resolver=resolver, batch_size=500)
+            report = await repair_lineage(
+                engine=engine, resolver=resolver, batch_size=BATCH, on_batch=first_batch_done
+            )
         finally:
             await resolver.backend.aclose()
         return report.repaired
@@ -197,10 +208,15 @@ def repair_figure(
     started = time.perf_counter()
     repaired = asyncio.run(repair())
     elapsed = time.perf_counter() - started
+    # The first batch holds every workflow's search (later batches find them cached).
+    first_batch_s, first_rows = first[0] - started, min(BATCH, repaired)
+    database = engine.dialect.name
     print(
-        f"repair: {repaired} rows over {len(workflows)} workflows in {elapsed:.2f} s = "
-        f"{repaired / elapsed:,.0f} rows/s; MLflow requests: "
-        f"{len(proxy.paths('/api/2.0/mlflow/'))}"
+        f"repair ({database}): {repaired} rows over {len(workflows)} workflows in {elapsed:.2f} s "
+        f"= {repaired / elapsed:,.0f} rows/s (target >= 2,000); MLflow requests: "
+        f"{len(proxy.paths('/api/2.0/mlflow/'))}; the first batch (every workflow's search) "
+        f"took {first_batch_s:.2f} s, the rest ran at "
+        f"{(repaired - first_rows) / (elapsed - first_batch_s):,.0f} rows/s"
     )
     engine.dispose()
 
@@ -221,7 +237,13 @@ def main() -> None:
         # Kept answers off: each read is the lineage work itself, not a dictionary lookup.
         base = Settings(mlflow_tracking_uri=proxy.url, mlflow_timeout_s=5.0, answer_cache_s=0)
         page_figures(base, proxy, server.url, legacy_url, stored_url, args.repeat)
-        repair_figure(base, proxy, root, workflows, args.repair_rows)
+        repair_figure(base, proxy, f"sqlite:///{root / 'repair.db'}", workflows, args.repair_rows)
+        problem = postgres_unreachable_reason()
+        if problem is not None:
+            print(f"repair (postgresql): not measured: {problem}")
+        else:
+            with postgres_schema() as url:
+                repair_figure(base, proxy, url, workflows, args.repair_rows)
     finally:
         proxy.stop()
         server.stop()

@@ -148,9 +148,7 @@ def load_snapshot(obj: Any, *, max_bars: int | None = None) -> pd.DataFrame:
             continue
         if len(values) != n:
             raise SnapshotError(f"column {name!r} has {len(values)} values for {n} timestamps")
-        data[name] = np.fromiter(
-            (_number(v, name, i) for i, v in enumerate(values)), dtype=np.float64, count=n
-        )
+        data[name] = _numbers(values, name)
     _check_bars(data)
     frame = pd.DataFrame(
         data,
@@ -186,25 +184,40 @@ def _columns_of_bars(bars: Any) -> dict[str, list[Any]]:
     if not bars:
         raise SnapshotError("snapshot has no bars")
     columns: dict[str, list[Any]] = {}
+    # Bars of one snapshot nearly always share their keys, in one order: each distinct key
+    # layout is read (aliases, checks) once, then every bar of it is a few dict lookups.
+    layouts: dict[tuple[Any, ...], list[tuple[str, Any]]] = {}
     for i, bar in enumerate(bars):
         if not isinstance(bar, Mapping):
             raise SnapshotError(f"bar {i} is {type(bar).__name__}, not an object")
-        seen: dict[str, Any] = {}
-        for key, value in bar.items():
-            name = _canonical(key)
-            if name is not None:
-                seen[name] = value
-        for name in ("timestamp", *REQUIRED):
-            if name not in seen:
-                raise SnapshotError(f"bar {i} has no {name!r}")
+        layout = tuple(bar)
+        fields = layouts.get(layout)
+        if fields is None:
+            fields = layouts[layout] = _fields_of(layout, i, columns if i else None)
         if i == 0:
-            columns = {name: [] for name in seen}
-        elif seen.keys() != columns.keys():
-            missing = sorted(set(columns) ^ set(seen))
-            raise SnapshotError(f"bar {i} has different fields from bar 0: {missing}")
-        for name, value in seen.items():
-            columns[name].append(value)
+            columns = {name: [] for name, _ in fields}
+        for name, key in fields:
+            columns[name].append(bar[key])
     return columns
+
+
+def _fields_of(
+    layout: tuple[Any, ...], i: int, first: dict[str, list[Any]] | None
+) -> list[tuple[str, Any]]:
+    """(column, key) pairs of a bar with these keys, checked as bar `i` (a later key of the
+    same column wins, as it would in a dict)."""
+    keys: dict[str, Any] = {}
+    for key in layout:
+        name = _canonical(key)
+        if name is not None:
+            keys[name] = key
+    for name in ("timestamp", *REQUIRED):
+        if name not in keys:
+            raise SnapshotError(f"bar {i} has no {name!r}")
+    if first is not None and keys.keys() != first.keys():
+        missing = sorted(set(first) ^ set(keys))
+        raise SnapshotError(f"bar {i} has different fields from bar 0: {missing}")
+    return list(keys.items())
 
 
 def _columns_of_columns(obj: Mapping[Any, Any]) -> dict[str, list[Any]]:
@@ -222,6 +235,23 @@ def _columns_of_columns(obj: Mapping[Any, Any]) -> dict[str, list[Any]]:
         if name not in columns:
             raise SnapshotError(f"snapshot has no {name!r} column")
     return columns
+
+
+def _numbers(values: list[Any], name: str) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """The column as floats; SnapshotError naming the first bad value."""
+    # Plain ints and floats that are all finite and non-negative convert in one go; anything
+    # else (bools, strings, None, huge ints, NaN, negatives) goes value by value, for the error.
+    if set(map(type, values)) <= {float, int}:
+        try:
+            column = np.array(values, dtype=np.float64)
+        except OverflowError:
+            pass
+        else:
+            if np.isfinite(column).all() and not (column < 0).any():
+                return column
+    return np.fromiter(
+        (_number(v, name, i) for i, v in enumerate(values)), dtype=np.float64, count=len(values)
+    )
 
 
 def _number(value: Any, name: str, i: int) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,6 +149,38 @@ def test_bad_snapshots_raise_snapshot_error_naming_the_problem(
         return
     with pytest.raises(SnapshotError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_snapshot(snapshot)
+
+
+def _bars(n: int) -> list[dict[str, Any]]:
+    return [{**BAR, "timestamp": 1_700_000_000 + 60 * i} for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda bar: {**dict(reversed(bar.items())), "open": True}, "bar 7: open is True"),
+        (lambda bar: {k: v for k, v in bar.items() if k != "close"}, "bar 7 has no 'close'"),
+        (
+            lambda bar: {k: v for k, v in bar.items() if k != "volume"},
+            "bar 7 has different fields from bar 0: ['volume']",
+        ),
+        (lambda bar: {**bar, "low": -1.0}, "bar 7: low is negative"),
+    ],
+)
+def test_errors_name_their_bar_whatever_the_key_order(
+    change: Callable[[dict[str, Any]], dict[str, Any]], message: str
+) -> None:
+    bars = _bars(10)
+    bars[3] = dict(reversed(bars[3].items()))  # another key order, still well-formed
+    bars[7] = change(bars[7])
+    with pytest.raises(SnapshotError, match=re.escape(message)):
+        load_snapshot(bars)
+
+
+def test_bars_in_different_key_orders_read_like_bars_in_one() -> None:
+    bars = _bars(10)
+    shuffled = [dict(reversed(b.items())) if i % 2 else b for i, b in enumerate(bars)]
+    pd.testing.assert_frame_equal(load_snapshot(shuffled), load_snapshot(bars))
 
 
 def test_snapshot_error_is_a_value_error() -> None:

@@ -11,10 +11,8 @@ forgets every kept answer of the process; other processes' answers age out withi
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from typing import Any
 
 from cachetools import TTLCache
 
@@ -23,11 +21,11 @@ MAX_ANSWER_BYTES = 256 * 1024
 # What the kept answers of one process may hold in all.
 MAX_ANSWERS_BYTES = 16 * 1024 * 1024
 
-AnswerKey = tuple[str | None, ...]
+AnswerKey = tuple[str | bytes | None, ...]
 
 
 class AnswerCache:
-    """Encoded answers (strict JSON text) by the read that asked for them, bounded in bytes
+    """Encoded answers (strict JSON bodies) by the read that asked for them, bounded in bytes
     and in age."""
 
     def __init__(
@@ -38,30 +36,25 @@ class AnswerCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl_s = ttl_s
-        self._answers: TTLCache[AnswerKey, str] = TTLCache(
+        self._answers: TTLCache[AnswerKey, bytes] = TTLCache(
             maxsize=max(1, max_bytes),
             ttl=max(ttl_s, 1e-9),
             timer=clock,
-            getsizeof=lambda text: len(text) + 200,  # and about this much for key and entry
+            getsizeof=lambda body: len(body) + 200,  # and about this much for key and entry
         )
 
     @property
     def enabled(self) -> bool:
         return self.ttl_s > 0
 
-    def get(self, key: AnswerKey) -> str | None:
+    def get(self, key: AnswerKey) -> bytes | None:
         return self._answers.get(key) if self.enabled else None
 
-    def keep(self, key: AnswerKey, text: str) -> None:
-        """Keep an answer's text, unless answers are off or it is too large to be worth it."""
-        if self.enabled and len(text) <= MAX_ANSWER_BYTES:
-            self._answers[key] = text
+    def keep(self, key: AnswerKey, body: bytes) -> None:
+        """Keep an answer's body, unless answers are off or it is too large to be worth it."""
+        if self.enabled and len(body) <= MAX_ANSWER_BYTES:
+            self._answers[key] = body
 
     def clear(self) -> None:
         """Forget every answer (after a write that changes what reads see)."""
         self._answers.clear()
-
-
-def canonical_variables(variables: dict[str, Any] | None) -> str:
-    """Variables as one text: `{"a":1,"b":2}` and `{"b":2,"a":1}` ask the same thing."""
-    return json.dumps(variables or {}, sort_keys=True, separators=(",", ":"), default=str)

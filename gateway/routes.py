@@ -87,7 +87,7 @@ async def get_artifact(request: Request) -> Response:
     row = await load_artifact(services, artifact_id)
     lineage = await RequestLineage(services.resolver).of(row)
     body = dumps_bytes(artifact_json(row, lineage, ui_url=services.settings.mlflow_ui_base))
-    services.answers.keep(key, body.decode("utf-8"))
+    services.answers.keep(key, body)
     return Response(body, media_type="application/json")
 
 

@@ -1,48 +1,47 @@
-"""Kept answers for GraphQL queries (`gateway/answers.py` says what is kept, and how long).
+"""Which GraphQL answers may be kept (`gateway/answers.py` says what keeping means).
 
-Runs around execution only: a document is parsed, limited, priced and validated on every
-request, so what the gateway refuses is refused every time, kept answer or not. Mutations are
-never kept.
+The view keys a kept answer on the request exactly as sent (method, content type, accepted
+types, query string and body), and keeps the answer only when this extension said so: the
+operation was a query (never a mutation) that passed every check (limits, cost, validation)
+and executed without errors. An identical request is then answered with the identical body;
+any other request, however close, goes through every check again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from graphql import ExecutionResult as GraphQLExecutionResult
 from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
 
-from gateway.answers import AnswerKey, canonical_variables
-from gateway.gql.context import Context
-from gateway.strictjson import EncodedJSON, dumps_bytes
+
+@dataclass
+class Keeping:
+    """One request's verdict: may its answer be kept?"""
+
+    allowed: bool = False
+
+
+# The verdict of the request being served (set by the view, decided by the extension and the
+# response encoder, all in the request's task).
+keeping: ContextVar[Keeping | None] = ContextVar("gateway_answer_keeping", default=None)
 
 
 class KeptAnswers(SchemaExtension):
-    """Serves a kept answer instead of executing a query; keeps answers that had no errors."""
+    """Marks a query's answer as keepable when it executed without errors."""
 
     def on_execute(self) -> Iterator[None]:
-        execution = self.execution_context
-        context = execution.context
-        if (
-            not isinstance(context, Context)
-            or not context.services.answers.enabled
-            or execution.query is None
-            or execution.operation_type is not OperationType.QUERY
-        ):
-            yield
-            return
-        answers = context.services.answers
-        variables = canonical_variables(execution.variables)
-        key: AnswerKey = ("graphql", execution.query, execution.operation_name, variables)
-        kept = answers.get(key)
-        context.services.metrics.answers.labels("graphql", "hit" if kept else "miss").inc()
-        if kept is not None:
-            # Strawberry does not execute an operation whose result an extension has set.
-            execution.result = GraphQLExecutionResult(data=EncodedJSON(kept))  # type: ignore[arg-type]
-            yield
-            return
         yield
+        verdict = keeping.get()
+        execution = self.execution_context
+        if verdict is None or execution.operation_type is not OperationType.QUERY:
+            return
         result = execution.result
-        if isinstance(result, GraphQLExecutionResult) and not result.errors and result.data:
-            answers.keep(key, dumps_bytes(result.data).decode("utf-8"))
+        verdict.allowed = (
+            isinstance(result, GraphQLExecutionResult)
+            and not result.errors
+            and not execution.pre_execution_errors
+        )

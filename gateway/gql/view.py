@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from cross_web import HTTPException as GraphQLHTTPError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.types.unset import UNSET
 
+from gateway.answers import AnswerKey
+from gateway.gql.answers import Keeping, keeping
 from gateway.gql.context import Context
 from gateway.gql.schema import build_schema
 from gateway.services import RequestLineage, services_of
@@ -43,7 +49,36 @@ class GatewayGraphQL(GraphQL[Context, None]):
             f"GATEWAY_MAX_RESPONSE_MB ({limit_mb:g} MB): ask for fewer rows or fields"
         )
         error = {"message": message, "extensions": {"code": "RESPONSE_TOO_LARGE"}}
+        verdict = keeping.get()
+        if verdict is not None:
+            verdict.allowed = False
         return dumps_bytes({"data": None, "errors": [error]})
+
+    async def run(  # type: ignore[override]
+        self, request: Request | WebSocket, context: Any = UNSET, root_value: Any = UNSET
+    ) -> Response | WebSocket:
+        """Strawberry's handling, with kept answers (gateway/answers.py) in front of it: a
+        request identical to one whose answer was kept gets that answer's body."""
+        if not isinstance(request, Request):
+            return await super().run(request, context, root_value)
+        services = services_of(request)
+        if not services.answers.enabled:
+            return await super().run(request, context, root_value)
+        key = await _answer_key(request)
+        kept = services.answers.get(key)
+        services.metrics.answers.labels("graphql", "hit" if kept else "miss").inc()
+        if kept is not None:
+            return Response(kept, media_type="application/json")
+        verdict = Keeping()
+        token = keeping.set(verdict)
+        try:
+            response = await super().run(request, context, root_value)
+        finally:
+            keeping.reset(token)
+        body = getattr(response, "body", None)  # a streamed answer has none: never kept
+        if verdict.allowed and isinstance(body, bytes) and response.status_code == 200:
+            services.answers.keep(key, body)
+        return response
 
     async def get_context(self, request: Any, response: Any) -> Context:
         services = services_of(request)
@@ -53,6 +88,20 @@ class GatewayGraphQL(GraphQL[Context, None]):
             services=services,
             lineage=RequestLineage(services.resolver),
         )
+
+
+async def _answer_key(request: Request) -> AnswerKey:
+    """The request as sent, in every part that can change its answer (the body is read once:
+    Starlette keeps it for Strawberry)."""
+    headers = request.headers
+    return (
+        "graphql",
+        request.method,
+        headers.get("content-type"),
+        headers.get("accept"),
+        request.url.query,
+        await request.body(),
+    )
 
 
 def graphql_app(settings: Settings) -> GatewayGraphQL:

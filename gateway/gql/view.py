@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from cross_web import HTTPException as GraphQLHTTPError
@@ -91,17 +92,21 @@ class GatewayGraphQL(GraphQL[Context, None]):
 
 
 async def _answer_key(request: Request) -> AnswerKey:
-    """The request as sent, in every part that can change its answer (the body is read once:
-    Starlette keeps it for Strawberry)."""
+    """The request as sent, in every part that can change its answer, as a SHA-256 digest (a
+    256 KB body must not sit in memory as a key the byte budget does not see). The body is read
+    once: Starlette keeps it for Strawberry."""
+    digest = hashlib.sha256()
     headers = request.headers
-    return (
-        "graphql",
+    for part in (
         request.method,
-        headers.get("content-type"),
-        headers.get("accept"),
+        headers.get("content-type", ""),
+        headers.get("accept", ""),
         request.url.query,
-        await request.body(),
-    )
+    ):
+        encoded = part.encode("utf-8", "surrogatepass")
+        digest.update(len(encoded).to_bytes(8, "big") + encoded)
+    digest.update(await request.body())
+    return ("graphql", digest.digest())
 
 
 def graphql_app(settings: Settings) -> GatewayGraphQL:

@@ -23,10 +23,10 @@ class RecordingProxy:
     """An HTTP reverse proxy on loopback that records requests and can delay or go down.
 
     Sits between the gateway and a real server: the gateway talks to `url`; `requests` lists
-    (method, path, body) of what reached the upstream (`targets` the path with its query). `delay_s` holds each request back;
-    `stop()` closes the port (connection refused) and the connections it holds (as a server
-    going down does: a client's pooled connection does not outlive it), and `start()` reopens
-    the same port.
+    (method, path, body) of what reached the upstream, `targets` each path with its query.
+    `delay_s` holds each request back; `stop()` closes the port (connection refused) and the
+    connections it holds (as a server going down does: a client's pooled connection does not
+    outlive it), and `start()` reopens the same port.
     """
 
     def __init__(self, upstream: str) -> None:

@@ -23,6 +23,7 @@ import structlog
 from cachetools import TLRUCache
 
 from gateway.breaker import CircuitBreaker, CircuitOpenError
+from gateway.bytecache import SingleFlight
 from gateway.mlflow_backend import MlflowUnavailableError, RunRef, SearchBackend
 from gateway.models import Artifact
 from gateway.observability import Metrics
@@ -102,6 +103,9 @@ class LineageResolver:
             maxsize=cache_size, ttu=self._time_to_use
         )
         self._experiments: tuple[float, list[str]] | None = None
+        # One experiment listing at a time: lookups that need it while it runs share it.
+        self._experiment_listing: SingleFlight[str, list[str]] = SingleFlight()
+        self._prefetch: asyncio.Task[None] | None = None
         self._semaphore = asyncio.Semaphore(concurrency)
         self._warm_up: asyncio.Task[None] | None = None
         self._warm_up_deadline = 0.0
@@ -124,6 +128,14 @@ class LineageResolver:
             log.warning("lineage.warm_up_failed", error=f"{type(exc).__name__}: {exc}"[:200])
             return
         log.info("lineage.warmed_up", duration_ms=round((time.perf_counter() - started) * 1000))
+        # The experiment list every search needs, read now rather than in front of the first
+        # read's searches (lookups do not wait for it: one arriving meanwhile shares it). Runs
+        # of experiments created later are still found: see `_fetch`.
+        self._prefetch = asyncio.ensure_future(self._prefetch_experiments())
+
+    async def _prefetch_experiments(self) -> None:
+        with contextlib.suppress(MlflowUnavailableError, TimeoutError, CircuitOpenError):
+            await self._experiment_ids()
 
     @property
     def warming_up(self) -> bool:
@@ -146,9 +158,10 @@ class LineageResolver:
             await asyncio.wait_for(asyncio.shield(self._warm_up), max(remaining, 0.0))
 
     def stop_warm_up(self) -> None:
-        """Cancel a warm-up still running (shutdown)."""
-        if self._warm_up is not None:
-            self._warm_up.cancel()
+        """Cancel a warm-up or experiment prefetch still running (shutdown)."""
+        for task in (self._warm_up, self._prefetch):
+            if task is not None:
+                task.cancel()
 
     def _time_to_use(self, _key: Key, value: RunRef | None, now: float) -> float:
         return now + (self._hit_ttl if value is not None else self._miss_ttl)
@@ -179,12 +192,22 @@ class LineageResolver:
             log.warning("lineage.mlflow_error", operation=operation, error=reason)
             raise
 
-    async def _experiment_ids(self) -> list[str]:
+    async def _experiment_ids(self, *, listed_since: float | None = None) -> list[str]:
+        """The experiment ids: the list read within EXPERIMENTS_TTL_S (and, with
+        `listed_since`, not before that moment), else a new listing."""
         now = time.monotonic()
-        if self._experiments is not None and now - self._experiments[0] < EXPERIMENTS_TTL_S:
-            return self._experiments[1]
+        if self._experiments is not None:
+            listed_at, ids = self._experiments
+            fresh = now - listed_at < EXPERIMENTS_TTL_S
+            if fresh and (listed_since is None or listed_at >= listed_since):
+                return ids
+        ids, _shared = await self._experiment_listing.run("experiments", self._list_experiments)
+        return ids
+
+    async def _list_experiments(self) -> list[str]:
+        started = time.monotonic()
         ids = await self._call("search_experiments", self.backend.experiment_ids)
-        self._experiments = (now, ids)
+        self._experiments = (started, ids)
         return ids
 
     async def lookup(self, keys: Sequence[Key]) -> list[Outcome]:
@@ -201,10 +224,30 @@ class LineageResolver:
         return [results[key] for key in keys]
 
     async def _fetch(self, keys: list[Key]) -> dict[Key, Outcome]:
+        started = time.monotonic()
         try:
             experiments = await self._experiment_ids()
         except (MlflowUnavailableError, TimeoutError, CircuitOpenError) as exc:
             return dict.fromkeys(keys, _unavailable(exc))
+        listed_at = self._experiments[0] if self._experiments is not None else started
+        results = await self._search(keys, experiments)
+        # The list may predate an experiment holding a run asked for (it was read at start-up,
+        # or up to EXPERIMENTS_TTL_S ago): keys not found are searched again in the experiments
+        # a new listing adds, if it adds any. (One wave of searches when everything is found.)
+        missed = [key for key, outcome in results.items() if outcome is None]
+        if missed and listed_at < started:
+            try:
+                current = await self._experiment_ids(listed_since=started)
+            except (MlflowUnavailableError, TimeoutError, CircuitOpenError):
+                return results
+            known = set(experiments)
+            added = [experiment for experiment in current if experiment not in known]
+            if added:
+                results.update(await self._search(missed, added))
+        return results
+
+    async def _search(self, keys: list[Key], experiments: list[str]) -> dict[Key, Outcome]:
+        """One concurrent wave: the run ids in one search, each workflow in its own."""
         run_ids = sorted({value for kind, value in keys if kind == "run"})
         workflows = sorted({value for kind, value in keys if kind == "workflow"})
         jobs: list[tuple[list[Key], Awaitable[dict[Key, Outcome]]]] = []

@@ -295,3 +295,48 @@ def test_nothing_listening_gives_unavailable_not_an_error(
         rest = client.get(f"/api/artifacts/{artifact_id}")
         assert rest.status_code == 200
         assert rest.json()["lineage"]["status"] == "UNAVAILABLE"
+
+
+def _listed_experiments(client: TestClient, timeout_s: float = 10) -> None:
+    """Wait until the gateway has its experiment list (the listing answered, not only sent)."""
+    done = 'gateway_mlflow_request_seconds_count{operation="search_experiments",outcome="ok"}'
+    deadline = time.monotonic() + timeout_s
+    while done not in client.get("/metrics").text:
+        assert time.monotonic() < deadline, "the gateway never listed the experiments"
+        time.sleep(0.05)
+
+
+def test_the_experiment_list_is_read_at_start_up_so_a_cold_read_is_one_wave_of_searches(
+    experiment: str,  # (created before the app starts: fixtures are set up in this order)
+    mlflow: MlflowClient,
+    lineage_client: TestClient,
+    insert: Callable[..., int],
+    mlflow_proxy: RecordingProxy,
+) -> None:
+    _listed_experiments(lineage_client)
+    workflows = [f"wf-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    runs = {wf: make_run(mlflow, experiment, workflow_id=wf) for wf in workflows}
+    ids = [insert(workflow_id=wf) for wf in workflows]
+    # The experiment existed before start-up: the list read then holds it.
+    mlflow_proxy.reset()
+    found = [node(lineage_client, i)["runId"] for i in ids]
+    assert found == [runs[wf] for wf in workflows]
+    assert mlflow_proxy.paths("/api/2.0/mlflow/") == ["/api/2.0/mlflow/runs/search"] * 3
+
+
+def test_a_run_in_an_experiment_created_after_the_list_was_read_is_found(
+    lineage_client: TestClient,
+    insert: Callable[..., int],
+    mlflow: MlflowClient,
+    mlflow_proxy: RecordingProxy,
+) -> None:
+    _listed_experiments(lineage_client)
+    newer = mlflow.create_experiment(f"newer-{uuid.uuid4().hex[:8]}")
+    wf = f"wf-{uuid.uuid4().hex[:8]}"
+    run = make_run(mlflow, newer, workflow_id=wf)
+    artifact_id = insert(workflow_id=wf)
+    data = node(lineage_client, artifact_id)
+    assert (data["runId"], data["experimentId"]) == (run, newer)
+    assert data["lineage"]["status"] == "HYDRATED"
+    # Found by listing the experiments again and searching only the new one.
+    assert len(mlflow_proxy.paths("/api/2.0/mlflow/experiments/search")) == 2

@@ -158,10 +158,10 @@ PAGE = f"{{ artifacts(first: 100) {{ edges {{ node {{ id runId experimentId {LIN
 
 
 def test_a_page_of_100_legacy_rows_costs_one_search_per_workflow_then_none(
+    experiment: str,  # (before the app: its start-up experiment list holds it)
+    mlflow: MlflowClient,
     lineage_client: TestClient,
     insert: Callable[..., int],
-    mlflow: MlflowClient,
-    experiment: str,
     mlflow_proxy: RecordingProxy,
 ) -> None:
     workflows = [f"wf-{uuid.uuid4().hex[:8]}" for _ in range(5)]
@@ -190,10 +190,10 @@ def test_a_page_of_100_legacy_rows_costs_one_search_per_workflow_then_none(
 
 
 def test_metadata_run_ids_are_looked_up_in_one_search(
+    experiment: str,  # (before the app: its start-up experiment list holds it)
+    mlflow: MlflowClient,
     lineage_client: TestClient,
     insert: Callable[..., int],
-    mlflow: MlflowClient,
-    experiment: str,
     mlflow_proxy: RecordingProxy,
 ) -> None:
     run_ids = [make_run(mlflow, experiment) for _ in range(7)]

@@ -36,6 +36,7 @@ from gateway.services import build_resolver
 from gateway.settings import Settings
 from tests.faults import RecordingProxy
 from tests.servers import MlflowServer, postgres_schema, postgres_unreachable_reason
+from tests.support import experiments_listed
 
 BATCH = 500
 PAGE = "{ artifacts(first: 100) { edges { node { id runId experimentId lineage { status } } } } }"
@@ -88,17 +89,6 @@ def seed_pages(root: Path, mlflow: MlflowClient) -> tuple[str, str, list[str]]:
     return legacy_url, stored_url, workflows
 
 
-LISTED = 'gateway_mlflow_request_seconds_count{operation="search_experiments",outcome="ok"}'
-
-
-def started(client: TestClient) -> None:
-    """Wait until the app is ready and has read MLflow's experiment list (at start-up)."""
-    client.get("/readyz")
-    deadline = time.monotonic() + 30
-    while LISTED not in client.get("/metrics").text and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 def direct_wave_s(upstream: str, asked: list[tuple[str, str, bytes]]) -> float:
     """Seconds to send these requests to MLflow (not through a gateway), all at once, on new
     connections."""
@@ -142,7 +132,9 @@ def page_figures(
     cold, cold_requests = [], []
     for _ in range(repeat):
         with app(legacy_url) as c:
-            started(c)  # the app's own start-up (its experiment listing) is not the read's cost
+            # The app's own start-up (its experiment listing) is not the read's cost.
+            c.get("/readyz")
+            experiments_listed(c, timeout_s=30)
             seconds, requests = timed(c)
         cold.append(seconds)
         cold_requests.append(requests)

@@ -21,7 +21,7 @@ MAX_ANSWER_BYTES = 256 * 1024
 # What the kept answers of one process may hold in all.
 MAX_ANSWERS_BYTES = 16 * 1024 * 1024
 
-AnswerKey = tuple[str | bytes | None, ...]
+AnswerKey = tuple[str | bytes, ...]
 
 
 class AnswerCache:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
 
 from gateway.settings import Settings
 from tests.servers import postgres_unreachable_reason
@@ -109,3 +111,20 @@ def write_raw(engine: Engine, artifact_id: int, column: str, raw_json: str) -> N
             text(f"UPDATE artifacts SET {column} = {value} WHERE id = :id"),
             {"v": raw_json, "id": artifact_id},
         )
+
+
+# On /metrics once the lineage resolver has MLflow's experiment list (the listing answered).
+_EXPERIMENTS_LISTED = (
+    'gateway_mlflow_request_seconds_count{operation="search_experiments",outcome="ok"}'
+)
+
+
+def experiments_listed(client: TestClient, *, timeout_s: float = 10) -> bool:
+    """Wait until the app has read MLflow's experiment list (it does at start-up); False if it
+    has not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while _EXPERIMENTS_LISTED not in client.get("/metrics").text:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True

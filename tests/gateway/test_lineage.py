@@ -19,7 +19,7 @@ from gateway.models import Artifact
 from gateway.settings import Settings
 from tests.faults import RecordingProxy, SilentListener
 from tests.servers import free_port
-from tests.support import UI, lineage_settings, make_run
+from tests.support import UI, experiments_listed, lineage_settings, make_run
 
 LINEAGE = "lineage { status source reason runId experimentId runUrl experimentUrl }"
 
@@ -297,15 +297,6 @@ def test_nothing_listening_gives_unavailable_not_an_error(
         assert rest.json()["lineage"]["status"] == "UNAVAILABLE"
 
 
-def _listed_experiments(client: TestClient, timeout_s: float = 10) -> None:
-    """Wait until the gateway has its experiment list (the listing answered, not only sent)."""
-    done = 'gateway_mlflow_request_seconds_count{operation="search_experiments",outcome="ok"}'
-    deadline = time.monotonic() + timeout_s
-    while done not in client.get("/metrics").text:
-        assert time.monotonic() < deadline, "the gateway never listed the experiments"
-        time.sleep(0.05)
-
-
 def test_the_experiment_list_is_read_at_start_up_so_a_cold_read_is_one_wave_of_searches(
     experiment: str,  # (created before the app starts: fixtures are set up in this order)
     mlflow: MlflowClient,
@@ -313,7 +304,7 @@ def test_the_experiment_list_is_read_at_start_up_so_a_cold_read_is_one_wave_of_s
     insert: Callable[..., int],
     mlflow_proxy: RecordingProxy,
 ) -> None:
-    _listed_experiments(lineage_client)
+    assert experiments_listed(lineage_client), "the gateway never listed the experiments"
     workflows = [f"wf-{uuid.uuid4().hex[:8]}" for _ in range(3)]
     runs = {wf: make_run(mlflow, experiment, workflow_id=wf) for wf in workflows}
     ids = [insert(workflow_id=wf) for wf in workflows]
@@ -330,7 +321,7 @@ def test_a_run_in_an_experiment_created_after_the_list_was_read_is_found(
     mlflow: MlflowClient,
     mlflow_proxy: RecordingProxy,
 ) -> None:
-    _listed_experiments(lineage_client)
+    assert experiments_listed(lineage_client), "the gateway never listed the experiments"
     newer = mlflow.create_experiment(f"newer-{uuid.uuid4().hex[:8]}")
     wf = f"wf-{uuid.uuid4().hex[:8]}"
     run = make_run(mlflow, newer, workflow_id=wf)

@@ -7,10 +7,12 @@ running its worker process is terminated and replaced, so no CPU is burnt for no
 
 Workers are forked by a forkserver that imported chartkit once: forking the serving process
 itself (which runs threads) is unsafe, and spawning a fresh interpreter per worker would cost
-seconds of imports. They run at a lower OS priority than the serving process (`nice`, and on
-Linux `SCHED_IDLE`: only on CPU time the server leaves idle), so on a busy machine answers come
-before pictures; a render that cannot get CPU within its timeout is a 503 with Retry-After.
-A pool starts its processes on first use.
+seconds of imports. They run at a lower OS priority than the serving process (`nice` +10: on a
+busy core the server gets about ten times their CPU share), so on a busy machine answers come
+before pictures; a render that cannot finish within its timeout is a 503 with Retry-After.
+Not `SCHED_IDLE`: it runs a worker only when nothing else wants the CPU, and on a machine kept
+busy by anything else (two spinning processes were enough) a detail page's render or parse
+waited past its timeout. A pool starts its processes on first use.
 """
 
 from __future__ import annotations
@@ -38,11 +40,6 @@ def _lower_priority(niceness: int) -> None:
     # Where lowering is not allowed the worker keeps the server's priority, in its own process.
     with contextlib.suppress(OSError):
         os.nice(niceness)
-    # Linux: SCHED_IDLE runs the worker only on CPU time nothing else wants (a nice 10 process
-    # still takes a tenth of a busy core from the server, and delays its wake-ups).
-    if hasattr(os, "SCHED_IDLE"):
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _context() -> Any:

@@ -79,10 +79,13 @@ def test_workers_run_at_a_lower_priority_than_the_server(pool: WorkerPool) -> No
     assert asyncio.run(pool.run(niceness)) == expected
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-def test_workers_run_only_on_cpu_time_the_server_leaves_idle(pool: WorkerPool) -> None:
-    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the server keeps its own policy
-    assert asyncio.run(pool.run(scheduling_policy)) == os.SCHED_IDLE
+@pytest.mark.skipif(not hasattr(os, "sched_getscheduler"), reason="no POSIX scheduling API")
+def test_workers_keep_the_servers_scheduling_policy_so_they_are_never_starved(
+    pool: WorkerPool,
+) -> None:
+    # SCHED_IDLE (tried once) let two busy processes hold a render past its 10 s timeout; a
+    # nice +10 worker still gets a bounded share of a busy machine.
+    assert asyncio.run(pool.run(scheduling_policy)) == os.sched_getscheduler(0)
 
 
 def test_a_cancelled_job_stops_its_worker_and_the_pool_goes_on(

@@ -42,6 +42,8 @@ from gateway.renderer import Renderer
 from gateway.repository import Listed
 from gateway.rows import SpecChoice, SpecOrigin, chart_spec_for, minio_url_of, snapshot_of
 from gateway.settings import Settings
+from gateway.sharedflight import SharedFlight, SharedWaitTimeout
+from gateway.sharedstore import SharedStore
 
 log = structlog.get_logger("gateway.images")
 Source = Literal["auto", "minio", "regenerated"]
@@ -88,9 +90,17 @@ class ImageService:
         settings: Settings,
         metrics: Metrics,
         cpu_limiter: anyio.CapacityLimiter | None = None,
+        shared: SharedStore | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        # Redis behind the in-process tiers (None: this process only).
+        self.shared = shared
+        self._shared_charts: SharedFlight[bytes] | None = None
+        self._shared_objects: SharedFlight[FetchedObject | FetchFailure] | None = None
+        if shared is not None:
+            self._shared_charts = SharedFlight(shared, metrics=metrics, tier="chart")
+            self._shared_objects = SharedFlight(shared, metrics=metrics, tier="object")
         self.metrics = metrics
         self.cpu_limiter = cpu_limiter
         self.reader = make_reader(settings)
@@ -257,6 +267,11 @@ class ImageService:
         memo = self._object_memo.get(memo_key)
         if isinstance(memo, FetchFailure):
             return memo
+        if memo is None and self.shared is not None:
+            # Another replica looked within the last 30 s: trust it as this replica's own look.
+            memo = await self._shared_etag(location)
+            if memo is not None:
+                self._object_memo[memo_key] = memo
         if memo is None:
             last = self._last_etags.get(memo_key)
             if last is not None and self.cache.get(self._minio_key(row, location, last)):
@@ -270,19 +285,89 @@ class ImageService:
             if cached is not None:
                 return self._proxied(row, location, memo_key, cached, memo, hit=True)
 
-        async def fetch() -> FetchedObject | FetchFailure:
+        async def get() -> FetchedObject | FetchFailure:
             started = time.perf_counter()
             result = await reader.read_png(location)
             self.metrics.minio_fetch_seconds.observe(time.perf_counter() - started)
             return result
 
-        # Concurrent misses for one object share one GET (whatever its ETag turns out to be).
+        async def fetch() -> FetchedObject | FetchFailure:
+            if self._shared_objects is None:
+                return await get()
+            try:
+                return await self._shared_objects.run(
+                    _object_name(location),
+                    read=lambda: self._shared_object(location),
+                    produce=get,
+                    publish=lambda fetched: self._publish_object(location, fetched),
+                    wait_s=self.settings.minio_read_deadline_s,
+                )
+            except SharedWaitTimeout as exc:
+                return FetchFailure("timeout", str(exc))
+
+        # Concurrent misses for one object share one GET (whatever its ETag turns out to be),
+        # within this process and, with Redis, across replicas.
         fetched, _shared = await self._fetches.run(memo_key, fetch)
         if isinstance(fetched, FetchFailure):
             self._object_memo[memo_key] = fetched
             return fetched
         self.cache.put(self._minio_key(row, location, fetched.etag), fetched.data)
         return self._proxied(row, location, memo_key, fetched.data, fetched.etag, hit=False)
+
+    # -- the shared tier (Redis) --------------------------------------------------------------
+    async def _shared_etag(self, location: ObjectLocation) -> str | None:
+        assert self.shared is not None
+        return await self.shared.get_json(
+            self.shared.key("object", _object_name(location)), _checked_etag, kind="object"
+        )
+
+    async def _shared_object(self, location: ObjectLocation) -> FetchedObject | None:
+        """The object as another replica fetched it in the last 30 s, if its bytes are shared."""
+        assert self.shared is not None
+        etag = await self._shared_etag(location)
+        if etag is None:
+            return None
+        data = await self.shared.get_png(self.shared.key("chart", _object_name(location, etag)))
+        return FetchedObject(data, etag) if data is not None else None
+
+    async def _publish_object(
+        self, location: ObjectLocation, fetched: FetchedObject | FetchFailure
+    ) -> None:
+        assert self.shared is not None
+        if isinstance(fetched, FetchFailure):
+            return  # failures stay with the replica that saw them
+        await self.shared.put_png(
+            self.shared.key("chart", _object_name(location, fetched.etag)),
+            fetched.data,
+            ttl_s=self.settings.redis_chart_ttl_s,
+        )
+        await self.shared.put_json(
+            self.shared.key("object", _object_name(location)),
+            {"etag": fetched.etag},
+            ttl_s=REVALIDATE_S,
+            kind="object",
+        )
+
+    async def _render_shared(
+        self, fingerprint: str, render: Callable[[], Awaitable[bytes]]
+    ) -> bytes:
+        """A render made once across replicas (with Redis), else here."""
+        if self._shared_charts is None or self.shared is None:
+            return await render()
+        shared = self.shared
+        key = shared.key("chart", f"r-{fingerprint}")
+        try:
+            return await self._shared_charts.run(
+                f"r-{fingerprint}",
+                read=lambda: shared.get_png(key),
+                produce=render,
+                publish=lambda data: shared.put_png(
+                    key, data, ttl_s=self.settings.redis_chart_ttl_s
+                ),
+                wait_s=self.settings.render_timeout_s,
+            )
+        except SharedWaitTimeout:
+            raise RenderTimeoutError("chart rendering timed out (on another replica)") from None
 
     @staticmethod
     def _minio_key(row: Artifact, location: ObjectLocation, etag: str) -> CacheKey:
@@ -374,8 +459,11 @@ class ImageService:
             log.info("chart.render_failure_remembered", artifact_id=row.id, error=str(remembered))
             raise remembered
 
-        async def produce() -> bytes:
+        async def render() -> bytes:
             return await self.renderer.render(snapshot, choice.spec)
+
+        async def produce() -> bytes:
+            return await self._render_shared(fingerprint, render)
 
         try:
             data, hit = await self.cache.get_or_produce(key, produce)
@@ -402,6 +490,25 @@ class ImageService:
 
     def _unavailable(self, row: Artifact, reason: str, detail: str) -> None:
         log.info("chart.unavailable", artifact_id=row.id, reason=reason, detail=detail)
+
+
+def _object_name(location: ObjectLocation, etag: str | None = None) -> str:
+    """A shared key's name for an object (and one of its versions): a digest, so no bucket or
+    key text reaches a Redis key."""
+    parts = (
+        [location.bucket, location.key] if etag is None else [location.bucket, location.key, etag]
+    )
+    return "m-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
+
+
+def _checked_etag(value: Any) -> str | None:
+    """An object's ETag as this gateway shares it, or None for anything else."""
+    if not isinstance(value, dict) or set(value) != {"etag"}:
+        return None
+    etag = value["etag"]
+    if isinstance(etag, str) and 0 < len(etag) <= 200 and etag.isprintable():
+        return etag
+    return None
 
 
 def _minio_etag(object_etag: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ from cachetools import TLRUCache
 
 from gateway.breaker import CircuitBreaker, CircuitOpenError
 from gateway.bytecache import SingleFlight
-from gateway.mlflow_backend import MlflowUnavailableError, RunRef, SearchBackend
+from gateway.mlflow_backend import MlflowUnavailableError, RunRef, SearchBackend, safe_run_ids
 from gateway.models import Artifact
 from gateway.observability import Metrics
 from gateway.rows import effective_workflow_id, metadata_run_id
+from gateway.sharedflight import SharedFlight
+from gateway.sharedstore import SharedStore
 
 log = structlog.get_logger("gateway.lineage")
 T = TypeVar("T")
@@ -78,6 +81,15 @@ Outcome: TypeAlias = RunRef | Unavailable | None
 Key: TypeAlias = tuple[str, str]  # ("run", run_id) or ("workflow", workflow_id)
 
 
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """A lookup's outcome as replicas share it: the run (None: there is none) until `until`
+    (wall-clock seconds)."""
+
+    run: RunRef | None
+    until: float
+
+
 class LineageResolver:
     """Process-wide MLflow lookups with a TTL cache (hits longer than misses) and a breaker."""
 
@@ -92,6 +104,7 @@ class LineageResolver:
         miss_ttl_s: float = 30.0,
         breaker: CircuitBreaker | None = None,
         cache_size: int = 50_000,
+        shared: SharedStore | None = None,
     ) -> None:
         self.backend = backend
         self.metrics = metrics
@@ -99,9 +112,17 @@ class LineageResolver:
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self._hit_ttl = hit_ttl_s
         self._miss_ttl = miss_ttl_s
-        self._cache: TLRUCache[Key, RunRef | None] = TLRUCache(
+        # key -> (outcome, seconds it is kept): outcomes found here are kept the full TTL,
+        # those read from Redis for what is left of it.
+        self._cache: TLRUCache[Key, tuple[RunRef | None, float]] = TLRUCache(
             maxsize=cache_size, ttu=self._time_to_use
         )
+        # Redis behind the cache (None: this process only): outcomes, the experiment list, and
+        # one search per workflow across replicas.
+        self.shared = shared
+        self._shared_searches: SharedFlight[_Shared] | None = None
+        if shared is not None:
+            self._shared_searches = SharedFlight(shared, metrics=metrics, tier="lineage")
         self._experiments: tuple[float, list[str]] | None = None
         # One experiment listing at a time: lookups that need it while it runs share it.
         self._experiment_listing: SingleFlight[str, list[str]] = SingleFlight()
@@ -163,8 +184,15 @@ class LineageResolver:
             if task is not None:
                 task.cancel()
 
-    def _time_to_use(self, _key: Key, value: RunRef | None, now: float) -> float:
-        return now + (self._hit_ttl if value is not None else self._miss_ttl)
+    @staticmethod
+    def _time_to_use(_key: Key, value: tuple[RunRef | None, float], now: float) -> float:
+        return now + value[1]
+
+    def _keep(self, key: Key, outcome: RunRef | None) -> None:
+        self._cache[key] = (outcome, self._ttl_of(outcome))
+
+    def _ttl_of(self, outcome: RunRef | None) -> float:
+        return self._hit_ttl if outcome is not None else self._miss_ttl
 
     async def _call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
         async def timed() -> T:
@@ -201,13 +229,44 @@ class LineageResolver:
             fresh = now - listed_at < EXPERIMENTS_TTL_S
             if fresh and (listed_since is None or listed_at >= listed_since):
                 return ids
-        ids, _shared = await self._experiment_listing.run("experiments", self._list_experiments)
+        ids, _shared = await self._experiment_listing.run(
+            "experiments", lambda: self._list_experiments(listed_since)
+        )
         return ids
 
-    async def _list_experiments(self) -> list[str]:
+    async def _list_experiments(self, listed_since: float | None = None) -> list[str]:
         started = time.monotonic()
+        if self.shared is not None:
+            shared = await self._shared_experiments(listed_since)
+            if shared is not None:
+                return shared
         ids = await self._call("search_experiments", self.backend.experiment_ids)
         self._experiments = (started, ids)
+        if self.shared is not None:
+            await self.shared.put_json(
+                self.shared.key("lineage", "experiments"),
+                {"listed_at": time.time() - (time.monotonic() - started), "ids": ids},
+                ttl_s=EXPERIMENTS_TTL_S,
+                kind="lineage",
+            )
+        return ids
+
+    async def _shared_experiments(self, listed_since: float | None) -> list[str] | None:
+        """The list another replica read within EXPERIMENTS_TTL_S (and since `listed_since`)."""
+        assert self.shared is not None
+        found = await self.shared.get_json(
+            self.shared.key("lineage", "experiments"), _checked_experiments, kind="lineage"
+        )
+        if found is None:
+            return None
+        listed_wall, ids = found
+        # Its moment on this process's monotonic clock (another host's clock ahead: now).
+        listed_at = time.monotonic() - max(time.time() - listed_wall, 0.0)
+        if time.monotonic() - listed_at >= EXPERIMENTS_TTL_S:
+            return None
+        if listed_since is not None and listed_at < listed_since:
+            return None
+        self._experiments = (listed_at, ids)
         return ids
 
     async def lookup(self, keys: Sequence[Key]) -> list[Outcome]:
@@ -215,13 +274,65 @@ class LineageResolver:
         results: dict[Key, Outcome] = {}
         missing: list[Key] = []
         for key in keys:
-            if key in self._cache:
-                results[key] = self._cache[key]
+            kept = self._cache.get(key)
+            if kept is not None:
+                results[key] = kept[0]
             else:
                 missing.append(key)
+        if missing and self.shared is not None:
+            found = await self._shared_outcomes(missing)
+            results.update(found)
+            missing = [key for key in missing if key not in found]
         if missing:
             results.update(await self._fetch(missing))
         return [results[key] for key in keys]
+
+    # -- the shared tier (Redis) ------------------------------------------------------------
+    def _shared_key(self, key: Key) -> str:
+        assert self.shared is not None
+        kind, value = key
+        if kind == "workflow":
+            # Workflow ids are any text: a digest keeps them out of the key.
+            value = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:40]
+        return self.shared.key("lineage", kind, value)
+
+    async def _shared_outcomes(self, keys: list[Key]) -> dict[Key, Outcome]:
+        """Outcomes another replica found and shared, in one round trip; kept here for what is
+        left of their TTL."""
+        assert self.shared is not None
+        by_name = {self._shared_key(key): key for key in keys}
+        found = await self.shared.get_json_many(list(by_name), _checked_shared, kind="lineage")
+        results: dict[Key, Outcome] = {}
+        now = time.time()
+        for name, shared in found.items():
+            key = by_name[name]
+            if key[0] == "run" and shared.run is not None and shared.run.run_id != key[1]:
+                continue  # an entry for another run under this key: not ours to serve
+            left = min(shared.until - now, self._ttl_of(shared.run))
+            if left <= 0:
+                continue
+            self._cache[key] = (shared.run, left)
+            results[key] = shared.run
+        return results
+
+    def _shared_document(self, outcome: RunRef | None) -> tuple[dict[str, Any], float]:
+        ttl = self._ttl_of(outcome)
+        run = (
+            None
+            if outcome is None
+            else {"run_id": outcome.run_id, "experiment_id": outcome.experiment_id}
+        )
+        return {"run": run, "until": time.time() + ttl}, ttl
+
+    async def _share(self, outcomes: dict[Key, RunRef | None]) -> None:
+        """Publish outcomes found here (failures are never shared, as they are never kept)."""
+        if self.shared is None:
+            return
+        items = []
+        for key, outcome in outcomes.items():
+            document, ttl = self._shared_document(outcome)
+            items.append((self._shared_key(key), document, ttl))
+        await self.shared.put_json_many(items, kind="lineage")
 
     async def _fetch(self, keys: list[Key]) -> dict[Key, Outcome]:
         started = time.monotonic()
@@ -269,20 +380,47 @@ class LineageResolver:
             "search_runs_by_id", lambda: self.backend.runs_by_id(run_ids, experiments)
         )
         by_id = {ref.run_id: ref for ref in found}
-        results: dict[Key, Outcome] = {}
+        outcomes: dict[Key, RunRef | None] = {}
         for run_id in run_ids:
             value = by_id.get(run_id)
-            self._cache[("run", run_id)] = value
-            results[("run", run_id)] = value
-        return results
+            self._keep(("run", run_id), value)
+            outcomes[("run", run_id)] = value
+        await self._share(outcomes)
+        return dict(outcomes)
 
     async def _fetch_workflow(self, workflow_id: str, experiments: list[str]) -> dict[Key, Outcome]:
-        ref = await self._call(
-            "search_runs_by_workflow",
-            lambda: self.backend.latest_run_for_workflow(workflow_id, experiments),
-        )
-        self._cache[("workflow", workflow_id)] = ref
-        return {("workflow", workflow_id): ref}
+        key: Key = ("workflow", workflow_id)
+
+        async def search() -> RunRef | None:
+            return await self._call(
+                "search_runs_by_workflow",
+                lambda: self.backend.latest_run_for_workflow(workflow_id, experiments),
+            )
+
+        if self._shared_searches is None or self.shared is None:
+            ref = await search()
+        else:
+            # One search per workflow across replicas; the others wait for its outcome (at
+            # most the MLflow timeout: past it, SharedWaitTimeout makes this key UNAVAILABLE).
+            name = self._shared_key(key)
+            shared = await self._shared_searches.run(
+                name.removeprefix(self.shared.key()),
+                read=lambda: self._read_shared(name),
+                produce=lambda: self._searched(search),
+                publish=lambda found: self._share({key: found.run}),
+                wait_s=self.timeout_s,
+            )
+            ref = shared.run
+        self._keep(key, ref)
+        return {key: ref}
+
+    async def _read_shared(self, name: str) -> _Shared | None:
+        assert self.shared is not None
+        return await self.shared.get_json(name, _checked_shared, kind="lineage")
+
+    async def _searched(self, search: Callable[[], Awaitable[RunRef | None]]) -> _Shared:
+        ref = await search()
+        return _Shared(ref, time.time() + self._ttl_of(ref))
 
     async def load_batch(self, keys: Sequence[Key]) -> list[Outcome]:
         """Outcomes of one batch of keys within one deadline: a slow MLflow costs at most that.
@@ -332,6 +470,44 @@ class LineageResolver:
         """Forget cached lookups (after a repair, or in tests)."""
         self._cache.clear()
         self._experiments = None
+
+
+def _checked_run(value: Any) -> RunRef | None:
+    if not isinstance(value, dict) or set(value) != {"run_id", "experiment_id"}:
+        return None
+    run_id, experiment_id = value["run_id"], value["experiment_id"]
+    if not isinstance(run_id, str) or not isinstance(experiment_id, str):
+        return None
+    if safe_run_ids([run_id, experiment_id]) != [run_id, experiment_id]:
+        return None
+    return RunRef(run_id, experiment_id)
+
+
+def _checked_shared(value: Any) -> _Shared | None:
+    """A shared lookup outcome as this gateway writes it, or None for anything else."""
+    if not isinstance(value, dict) or set(value) != {"run", "until"}:
+        return None
+    until = value["until"]
+    if isinstance(until, bool) or not isinstance(until, int | float):
+        return None
+    if value["run"] is None:
+        return _Shared(None, float(until))
+    run = _checked_run(value["run"])
+    return _Shared(run, float(until)) if run is not None else None
+
+
+def _checked_experiments(value: Any) -> tuple[float, list[str]] | None:
+    """A shared experiment list (when it was read, the ids), or None for anything else."""
+    if not isinstance(value, dict) or set(value) != {"listed_at", "ids"}:
+        return None
+    listed_at, ids = value["listed_at"], value["ids"]
+    if isinstance(listed_at, bool) or not isinstance(listed_at, int | float):
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return None
+    if safe_run_ids(ids) != ids:
+        return None
+    return float(listed_at), ids
 
 
 def _unavailable(exc: BaseException) -> Unavailable:

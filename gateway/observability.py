@@ -186,6 +186,26 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
         )
+        self.redis_errors = Counter(
+            "gateway_redis_errors_total",
+            "Redis operations that failed or timed out (the request went on without Redis).",
+            ["operation"],
+            registry=r,
+        )
+        self.redis_rejected = Counter(
+            "gateway_redis_rejected_total",
+            "Entries read back from Redis that failed their check (deleted, not served).",
+            ["kind"],
+            registry=r,
+        )
+        self.shared_flights = Counter(
+            "gateway_shared_flights_total",
+            "Work shared across replicas, by tier and how this replica got the value: "
+            "found (already in Redis), waited (another replica made it), produced, local "
+            "(Redis unavailable).",
+            ["tier", "outcome"],
+            registry=r,
+        )
         self.missing_lineage = Gauge(
             "gateway_artifacts_missing_lineage",
             "Artifacts still lacking run or experiment id (refreshed by repair runs).",

@@ -100,7 +100,8 @@ async def readyz(request: Request) -> Response:
     """Ready: the database answers and lineage has finished opening MLflow; 503 otherwise.
 
     MLflow being down does not make the gateway unready (reads degrade to UNAVAILABLE); only
-    its own warm-up does, bounded by GATEWAY_MLFLOW_WARMUP_S.
+    its own warm-up does, bounded by GATEWAY_MLFLOW_WARMUP_S. Nor does Redis (it is optional:
+    without it each replica works alone); the body says whether it is in use.
     """
     services = services_of(request)
     try:
@@ -117,7 +118,9 @@ async def readyz(request: Request) -> Response:
             status_code=503,
             headers={"Retry-After": "1"},
         )
-    return StrictJSONResponse({"status": "ok", "database": "ok"})
+    shared = services.shared
+    redis = "off" if shared is None else ("ok" if shared.available else "unavailable")
+    return StrictJSONResponse({"status": "ok", "database": "ok", "redis": redis})
 
 
 async def metrics(request: Request) -> Response:

@@ -33,6 +33,7 @@ from gateway.models import Artifact
 from gateway.observability import Metrics
 from gateway.rows import snapshot_of
 from gateway.settings import Settings
+from gateway.sharedstore import SharedStore
 from gateway.snapshots import SnapshotSummary, summarize_metadata_text, summarize_snapshot
 from gateway.strictjson import EncodedJSON, UnreadableJSON, restrict_stored_text
 from gateway.workers import WorkerPool, start_forkserver_soon
@@ -62,6 +63,8 @@ class Services:
     parser: WorkerPool
     # Recent answers to reads, served again for GATEWAY_ANSWER_CACHE_S.
     answers: AnswerCache
+    # Redis shared by replicas (GATEWAY_REDIS_URL), None when unset.
+    shared: SharedStore | None = None
 
 
 @asynccontextmanager
@@ -73,10 +76,13 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
     except SQLAlchemyError as exc:
         # Serve anyway: /readyz says 503 until the database comes back.
         log.warning("db.unavailable_at_startup", error=str(exc).splitlines()[0])
-    resolver = build_resolver(settings, metrics)
+    shared = build_shared_store(settings, metrics)
+    resolver = build_resolver(settings, metrics, shared=shared)
     resolver.start_warm_up(budget_s=settings.mlflow_warmup_s)
     cpu_limiter = anyio.CapacityLimiter(CPU_THREADS)
-    images = ImageService(settings=settings, metrics=metrics, cpu_limiter=cpu_limiter)
+    images = ImageService(
+        settings=settings, metrics=metrics, cpu_limiter=cpu_limiter, shared=shared
+    )
     parser = WorkerPool(workers=PARSE_WORKERS)
     start_forkserver_soon()
     problem = settings.admin_token_problem()
@@ -92,12 +98,15 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
             cpu_limiter=cpu_limiter,
             parser=parser,
             answers=AnswerCache(ttl_s=settings.answer_cache_s),
+            shared=shared,
         )
     finally:
         resolver.stop_warm_up()
         images.close()
         parser.close()
         await resolver.backend.aclose()
+        if shared is not None:
+            await shared.aclose()
         engine.dispose()
 
 
@@ -107,7 +116,22 @@ def services_of(connection: HTTPConnection) -> Services:
     return services
 
 
-def build_resolver(settings: Settings, metrics: Metrics) -> LineageResolver:
+def build_shared_store(settings: Settings, metrics: Metrics) -> SharedStore | None:
+    """Redis shared by replicas, when GATEWAY_REDIS_URL is set (no connection is made yet)."""
+    if settings.redis_url is None:
+        return None
+    return SharedStore(
+        url=settings.redis_url.get_secret_value(),
+        prefix=settings.redis_prefix,
+        timeout_s=settings.redis_timeout_s,
+        metrics=metrics,
+        max_chart_bytes=settings.redis_max_chart_mb * 1024 * 1024,
+    )
+
+
+def build_resolver(
+    settings: Settings, metrics: Metrics, *, shared: SharedStore | None = None
+) -> LineageResolver:
     """The process-wide lineage resolver configured from settings."""
     return LineageResolver(
         make_backend(settings.mlflow_tracking_uri, timeout_s=settings.mlflow_timeout_s),
@@ -120,6 +144,7 @@ def build_resolver(settings: Settings, metrics: Metrics) -> LineageResolver:
             threshold=settings.mlflow_breaker_threshold,
             cooldown_s=settings.mlflow_breaker_cooldown_s,
         ),
+        shared=shared,
     )
 
 

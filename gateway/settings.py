@@ -93,6 +93,24 @@ class Settings(BaseSettings):
         default=16, ge=1, validation_alias="GATEWAY_MINIO_MAX_OBJECT_MB"
     )
 
+    # The shared tier across replicas (gateway/sharedstore.py). Unset: in-process only.
+    redis_url: SecretStr | None = Field(default=None, validation_alias="GATEWAY_REDIS_URL")
+    redis_prefix: str = Field(
+        default="gateway:",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        validation_alias="GATEWAY_REDIS_PREFIX",
+    )
+    # Budget of one Redis operation: past it the request goes on without the shared tier.
+    redis_timeout_s: float = Field(
+        default=0.25, gt=0, le=10, validation_alias="GATEWAY_REDIS_TIMEOUT_S"
+    )
+    redis_chart_ttl_s: int = Field(
+        default=86_400, ge=1, validation_alias="GATEWAY_REDIS_CHART_TTL_S"
+    )
+    redis_max_chart_mb: int = Field(
+        default=4, ge=1, le=512, validation_alias="GATEWAY_REDIS_MAX_CHART_MB"
+    )
+
     @field_validator("minio_allowed_buckets", "cors_origins", mode="before")
     @classmethod
     def _split_buckets(cls, value: object) -> object:

@@ -22,8 +22,8 @@ from gateway.db import init_db, make_engine
 from gateway.models import Artifact
 from gateway.settings import Settings
 from tests.faults import RecordingProxy
-from tests.servers import MlflowServer, free_port, postgres_schema, s3_client
-from tests.support import require_postgres, with_overrides
+from tests.servers import MlflowServer, RedisServer, free_port, postgres_schema, s3_client
+from tests.support import require_postgres, require_redis_server, with_overrides
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -169,6 +169,23 @@ def s3_server() -> Iterator[str]:
     server.start()
     yield f"127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real `redis-server` for the session, on a free loopback port."""
+    require_redis_server()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url
 
 
 @pytest.fixture

@@ -160,6 +160,81 @@ class MlflowServer:
         self.process = None
 
 
+def redis_server_binary() -> str | None:
+    """Path of `redis-server`, or None when it is not installed."""
+    import shutil
+
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+
+
+class RedisServer:
+    """A real `redis-server` on a free loopback port (never the machine's own on 6379): no
+    persistence, killed and restarted on the same port by the fault tests."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root = root
+        self.port = port if port is not None else free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 30) -> RedisServer:
+        import redis
+
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
+            stdout=(self.root / "redis.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.root / 'redis.log').read_text()}")
+            try:
+                with redis.Redis(port=self.port, socket_timeout=1) as client:
+                    if client.ping():
+                        return self
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer")
+
+    def client(self) -> Any:
+        """A synchronous redis-py client of this server (for the tests' own looks)."""
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL the server: its connections die with it, the port refuses."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process, grace_s=10)
+        self.process = None
+
+
 def stop_group(process: subprocess.Popen[bytes], *, grace_s: float) -> None:
     """SIGTERM a server's process group, SIGKILL it if it is still there after `grace_s`."""
     if process.poll() is not None:

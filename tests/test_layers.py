@@ -29,10 +29,12 @@ LAYERS: dict[str, int] = {
     "gateway.minio_urls": 1,
     "gateway.objectstore": 1,
     "gateway.mlflow_backend": 1,
+    "gateway.sharedstore": 1,
     # domain
     "gateway.breaker": 2,
     "gateway.lineage": 2,
     "gateway.bytecache": 2,
+    "gateway.sharedflight": 2,
     "gateway.workers": 2,
     "gateway.renderer": 2,
     "gateway.images": 2,

@@ -56,7 +56,7 @@ def test_unknown_route_is_a_problem_document(client: TestClient) -> None:
 
 def test_healthz_and_readyz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ok", "database": "ok"}
+    assert client.get("/readyz").json() == {"status": "ok", "database": "ok", "redis": "off"}
 
 
 def test_readyz_is_503_when_the_database_is_unreachable(tmp_path: Any) -> None:

@@ -341,12 +341,14 @@ class LineageResolver:
         except (MlflowUnavailableError, TimeoutError, CircuitOpenError) as exc:
             return dict.fromkeys(keys, _unavailable(exc))
         listed_at = self._experiments[0] if self._experiments is not None else started
-        results = await self._search(keys, experiments)
         # The list may predate an experiment holding a run asked for (it was read at start-up,
         # or up to EXPERIMENTS_TTL_S ago): keys not found are searched again in the experiments
         # a new listing adds, if it adds any. (One wave of searches when everything is found.)
+        # Until then a miss is provisional: not shared with other replicas.
+        provisional = listed_at < started
+        results = await self._search(keys, experiments, share_misses=not provisional)
         missed = [key for key, outcome in results.items() if outcome is None]
-        if missed and listed_at < started:
+        if missed and provisional:
             try:
                 current = await self._experiment_ids(listed_since=started)
             except (MlflowUnavailableError, TimeoutError, CircuitOpenError):
@@ -354,18 +356,41 @@ class LineageResolver:
             known = set(experiments)
             added = [experiment for experiment in current if experiment not in known]
             if added:
-                results.update(await self._search(missed, added))
+                results.update(await self._search(missed, added, shared=False))
+            await self._share(
+                {key: out for key in missed if not isinstance(out := results[key], Unavailable)}
+            )
         return results
 
-    async def _search(self, keys: list[Key], experiments: list[str]) -> dict[Key, Outcome]:
-        """One concurrent wave: the run ids in one search, each workflow in its own."""
+    async def _search(
+        self,
+        keys: list[Key],
+        experiments: list[str],
+        *,
+        share_misses: bool = True,
+        shared: bool = True,
+    ) -> dict[Key, Outcome]:
+        """One concurrent wave: the run ids in one search, each workflow in its own. Runs found
+        are shared with other replicas (misses too, with `share_misses`); with `shared` False
+        the searches neither read nor wait for what other replicas share, nor publish."""
+        share_misses = share_misses and shared
         run_ids = sorted({value for kind, value in keys if kind == "run"})
         workflows = sorted({value for kind, value in keys if kind == "workflow"})
         jobs: list[tuple[list[Key], Awaitable[dict[Key, Outcome]]]] = []
         if run_ids:
-            jobs.append(([("run", r) for r in run_ids], self._fetch_runs(run_ids, experiments)))
+            jobs.append(
+                (
+                    [("run", r) for r in run_ids],
+                    self._fetch_runs(run_ids, experiments, share=shared, share_misses=share_misses),
+                )
+            )
         for wf in workflows:
-            jobs.append(([("workflow", wf)], self._fetch_workflow(wf, experiments)))
+            jobs.append(
+                (
+                    [("workflow", wf)],
+                    self._fetch_workflow(wf, experiments, shared=shared, share_misses=share_misses),
+                )
+            )
         outcomes = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
         results: dict[Key, Outcome] = {}
         for (job_keys, _), outcome in zip(jobs, outcomes, strict=True):
@@ -375,7 +400,9 @@ class LineageResolver:
                 results.update(outcome)
         return results
 
-    async def _fetch_runs(self, run_ids: list[str], experiments: list[str]) -> dict[Key, Outcome]:
+    async def _fetch_runs(
+        self, run_ids: list[str], experiments: list[str], *, share: bool, share_misses: bool
+    ) -> dict[Key, Outcome]:
         found = await self._call(
             "search_runs_by_id", lambda: self.backend.runs_by_id(run_ids, experiments)
         )
@@ -385,10 +412,13 @@ class LineageResolver:
             value = by_id.get(run_id)
             self._keep(("run", run_id), value)
             outcomes[("run", run_id)] = value
-        await self._share(outcomes)
+        if share:
+            await self._share({k: v for k, v in outcomes.items() if v is not None or share_misses})
         return dict(outcomes)
 
-    async def _fetch_workflow(self, workflow_id: str, experiments: list[str]) -> dict[Key, Outcome]:
+    async def _fetch_workflow(
+        self, workflow_id: str, experiments: list[str], *, shared: bool, share_misses: bool
+    ) -> dict[Key, Outcome]:
         key: Key = ("workflow", workflow_id)
 
         async def search() -> RunRef | None:
@@ -397,22 +427,26 @@ class LineageResolver:
                 lambda: self.backend.latest_run_for_workflow(workflow_id, experiments),
             )
 
-        if self._shared_searches is None or self.shared is None:
+        if self._shared_searches is None or self.shared is None or not shared:
             ref = await search()
         else:
             # One search per workflow across replicas; the others wait for its outcome (at
             # most the MLflow timeout: past it, SharedWaitTimeout makes this key UNAVAILABLE).
             name = self._shared_key(key)
-            shared = await self._shared_searches.run(
+            outcome = await self._shared_searches.run(
                 name.removeprefix(self.shared.key()),
                 read=lambda: self._read_shared(name),
                 produce=lambda: self._searched(search),
-                publish=lambda found: self._share({key: found.run}),
+                publish=lambda found: self._publish(key, found, share_misses=share_misses),
                 wait_s=self.timeout_s,
             )
-            ref = shared.run
+            ref = outcome.run
         self._keep(key, ref)
         return {key: ref}
+
+    async def _publish(self, key: Key, found: _Shared, *, share_misses: bool) -> None:
+        if found.run is not None or share_misses:
+            await self._share({key: found.run})
 
     async def _read_shared(self, name: str) -> _Shared | None:
         assert self.shared is not None

@@ -119,7 +119,7 @@ async def readyz(request: Request) -> Response:
             headers={"Retry-After": "1"},
         )
     shared = services.shared
-    redis = "off" if shared is None else ("ok" if shared.available else "unavailable")
+    redis = "off" if shared is None else ("ok" if await shared.ping() else "unavailable")
     return StrictJSONResponse({"status": "ok", "database": "ok", "redis": redis})
 
 

@@ -86,6 +86,14 @@ class SharedStore:
         """Close the connection pool."""
         await self._client.aclose()
 
+    async def ping(self) -> bool:
+        """Whether Redis answers now (within the skip after a failure: False, not tried)."""
+        try:
+            await self._do("ping", lambda redis: redis.ping())
+        except RedisUnavailable:
+            return False
+        return True
+
     # -- every operation goes through here ---------------------------------------------------
     async def _do(self, operation: str, call: Callable[[Redis], Awaitable[T]]) -> T:
         trial = False

@@ -147,7 +147,8 @@ class SilentListener:
         self.url = f"http://127.0.0.1:{self.port}"
         self.accepted: list[socket.socket] = []
         self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
 
     def _accept(self) -> None:
         self.sock.settimeout(0.2)
@@ -160,6 +161,8 @@ class SilentListener:
 
     def close(self) -> None:
         self._stop.set()
+        # Joined first: a thread still in accept() keeps the port listening after close().
+        self._thread.join(timeout=5)
         for conn in self.accepted:
             conn.close()
         self.sock.close()

@@ -56,8 +56,16 @@ def settings_variables() -> set[str]:
 
 def test_the_stack_has_every_service_with_a_health_check(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "minio", "minio-init", "mlflow", "gateway", "edge"}
-    for name in ("postgres", "minio", "mlflow", "gateway", "edge"):
+    assert set(services) == {
+        "postgres",
+        "minio",
+        "minio-init",
+        "mlflow",
+        "redis",
+        "gateway",
+        "edge",
+    }
+    for name in ("postgres", "minio", "mlflow", "redis", "gateway", "edge"):
         check = services[name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
         assert check["retries"] >= 3, name
@@ -76,6 +84,7 @@ def test_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
         "minio": ["127.0.0.1:9000:9000", "127.0.0.1:9001:9001"],
         "minio-init": [],
         "mlflow": ["127.0.0.1:5000:5000"],
+        "redis": [],  # the replicas' own: not published
         "gateway": [],  # reached through the edge only
         "edge": ["127.0.0.1:8000:8080"],
     }
@@ -128,8 +137,21 @@ def test_the_wiring_parses_and_points_at_the_services(compose: dict[str, Any]) -
         "postgres": {"condition": "service_healthy"},
         "minio-init": {"condition": "service_completed_successfully"},
         "mlflow": {"condition": "service_healthy"},
+        "redis": {"condition": "service_started"},  # optional: a replica serves without it
     }
     assert services["minio-init"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
+
+
+def test_several_replicas_share_a_bounded_redis(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert int(interpolate(str(services["gateway"]["deploy"]["replicas"]), {})) >= 2
+    settings = Settings.model_validate({k: v for k, v in gateway_env(compose).items() if v != ""})
+    assert settings.redis_url is not None
+    redis_url = urlsplit(settings.redis_url.get_secret_value())
+    assert (redis_url.scheme, redis_url.hostname, redis_url.port) == ("redis", "redis", 6379)
+    command = [interpolate(str(part), {}) for part in services["redis"]["command"]]
+    assert command[command.index("--maxmemory") + 1] == "256mb"
+    assert command[command.index("--maxmemory-policy") + 1] == "allkeys-lru"
 
 
 def test_the_admin_token_fails_closed_unless_the_operator_sets_a_long_one(

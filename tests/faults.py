@@ -117,8 +117,13 @@ class RecordingProxy:
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            allow_reuse_address = True
+            # socketserver's default backlog is 5: a wave of concurrent searches overflowed it
+            # and a connect waited for the SYN retry (a ConnectTimeout the gateway never caused).
+            request_queue_size = 128
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

@@ -111,6 +111,11 @@ def cluster(
     )
 
 
+@pytest.fixture(autouse=True)
+def _flushed(cluster: Cluster, redis_url: str) -> None:
+    """Every test starts from an empty Redis (`redis_url` flushes it), replicas running."""
+
+
 def metric(replica: GatewayProcess, name: str, **labels: str) -> float:
     text = httpx.get(f"{replica.url}/metrics", timeout=10).text
     total = 0.0

@@ -85,7 +85,26 @@ class LiveServer:
         self.thread.join(timeout=15)
 
 
-class MlflowServer:
+class ServerProcess:
+    """A server subprocess in a process group of its own, killed or stopped as a whole."""
+
+    process: subprocess.Popen[bytes] | None = None
+    stop_grace_s = 15.0
+
+    def kill(self) -> None:
+        """SIGKILL the server: no shutdown, open connections die with it, the port refuses."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process, grace_s=self.stop_grace_s)
+        self.process = None
+
+
+class MlflowServer(ServerProcess):
     """A real `mlflow server` subprocess on a free loopback port with a SQLite backend."""
 
     def __init__(self, root: Path) -> None:
@@ -147,18 +166,6 @@ class MlflowServer:
                 timeout=30,
             )
 
-    def kill(self) -> None:
-        """SIGKILL the server: no shutdown, open connections die with it."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_group(self.process, grace_s=15)
-        self.process = None
-
 
 def redis_server_binary() -> str | None:
     """Path of `redis-server`, or None when it is not installed."""
@@ -169,9 +176,11 @@ def redis_server_binary() -> str | None:
     )
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """A real `redis-server` on a free loopback port (never the machine's own on 6379): no
     persistence, killed and restarted on the same port by the fault tests."""
+
+    stop_grace_s = 10.0
 
     def __init__(self, root: Path, port: int | None = None) -> None:
         self.root = root
@@ -221,18 +230,6 @@ class RedisServer:
         import redis
 
         return redis.Redis(port=self.port, socket_timeout=5)
-
-    def kill(self) -> None:
-        """SIGKILL the server: its connections die with it, the port refuses."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_group(self.process, grace_s=10)
-        self.process = None
 
 
 def stop_group(process: subprocess.Popen[bytes], *, grace_s: float) -> None:

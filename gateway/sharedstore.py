@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError, RedisError, ResponseError
 
 from gateway.observability import Metrics
 from gateway.strictjson import RequestJSONError, dumps, loads_request
@@ -104,8 +104,10 @@ class SharedStore:
         try:
             async with asyncio.timeout(self.timeout_s):
                 result = await call(self._client)
-        except LockError:
-            raise  # a lease that was lost: the lease's news, not Redis failing
+        except (LockError, ResponseError):
+            # A lost lease, or a command refused (a key of another type): Redis answered, so
+            # it is the caller's news, not Redis failing.
+            raise
         except (RedisError, OSError, TimeoutError) as exc:
             self.metrics.redis_errors.labels(operation).inc()
             self._skip_until = self._clock() + RETRY_S
@@ -136,6 +138,9 @@ class SharedStore:
             )
         except RedisUnavailable:
             return None
+        except ResponseError:
+            await self._drop(key, "chart", "not a hash")
+            return None
         if png is None and digest is None:
             return None
         problem = _png_problem(png, digest)
@@ -156,7 +161,7 @@ class SharedStore:
                 pipe.expire(key, ttl_s)
                 return await pipe.execute()
 
-        with contextlib.suppress(RedisUnavailable):
+        with contextlib.suppress(RedisUnavailable, ResponseError):
             await self._do("put_chart", write)
 
     # -- JSON documents ------------------------------------------------------------------------
@@ -207,7 +212,7 @@ class SharedStore:
                     pipe.set(key, text, px=max(int(ttl_s * 1000), 1))
                 return await pipe.execute()
 
-        with contextlib.suppress(RedisUnavailable):
+        with contextlib.suppress(RedisUnavailable, ResponseError):
             await self._do(f"put_{kind}", write)
 
     # -- leases (cross-replica single flight) --------------------------------------------------
@@ -226,12 +231,12 @@ class SharedStore:
             return bool(
                 await self._do("extend_lease", lambda _redis: lease.extend(ttl_s, replace_ttl=True))
             )
-        except (RedisUnavailable, LockError):
+        except (RedisUnavailable, LockError, ResponseError):
             return False
 
     async def release(self, lease: Lock) -> None:
         """Give a lease back (one that expired meanwhile is left alone)."""
-        with contextlib.suppress(RedisUnavailable, LockError):
+        with contextlib.suppress(RedisUnavailable, LockError, ResponseError):
             await self._do("release_lease", lambda _redis: lease.release())
 
 

@@ -127,6 +127,28 @@ def test_a_corrupted_chart_is_dropped_and_counted_not_served(
         assert client.exists("test:chart:bad") == 0
 
 
+def test_a_key_of_another_type_is_dropped_and_redis_stays_in_use(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    with redis_server.client() as client:
+        client.set("test:chart:typed", b"a string, not a hash")
+    metrics = Metrics()
+
+    async def scenario() -> tuple[bytes | None, bytes | None]:
+        store = store_for(redis_url, metrics=metrics)
+        try:
+            wrong = await store.get_png(store.key("chart", "typed"))
+            await store.put_png(store.key("chart", "typed"), PNG, ttl_s=60)
+            return wrong, await store.get_png(store.key("chart", "typed"))
+        finally:
+            await closing(store)
+
+    # Dropped, then written and read again at once: no failure was counted, nothing skipped.
+    assert asyncio.run(scenario()) == (None, PNG)
+    assert errors(metrics, "get_chart") == 0
+    assert metrics.registry.get_sample_value("gateway_redis_rejected_total", {"kind": "chart"}) == 1
+
+
 @pytest.mark.parametrize(
     "stored",
     [b"not json", b'{"etag": NaN}', b'{"etag": 7}', b'{"etag": "x", "more": 1}'],

@@ -291,8 +291,8 @@ class LineageResolver:
     def _shared_key(self, key: Key) -> str:
         assert self.shared is not None
         kind, value = key
-        if kind == "workflow":
-            # Workflow ids are any text: a digest keeps them out of the key.
+        if kind == "workflow" or safe_run_ids([value]) != [value]:
+            # Workflow ids (and stored run ids) are any text: a digest keeps them out of keys.
             value = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:40]
         return self.shared.key("lineage", kind, value)
 

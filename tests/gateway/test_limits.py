@@ -346,8 +346,11 @@ def test_healthz_answers_promptly_while_the_heaviest_allowed_requests_run(
     assert len(statuses) >= 6
     assert set(statuses) == {200}
     latencies = sorted(seconds for seconds, _ in probes)
-    # The bound is 100 ms; the worst probe may meet a scheduler hiccup of a loaded CI machine.
-    assert latencies[int(len(latencies) * 0.95) - 1] < 0.1, latencies
+    # Each heavy request holds seconds of CPU: an event loop blocked by one would hold the
+    # probes for seconds. The bounds leave room for a loaded 2-core CI runner, where the probes'
+    # 95th percentile has reached 148 ms (10-40 ms on an idle one) with two parse workers at
+    # nice +10 and the test's own six clients sharing its cores.
+    assert latencies[int(len(latencies) * 0.95) - 1] < 0.25, latencies
     assert latencies[-1] < 1.0, latencies
 
 

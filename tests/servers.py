@@ -176,6 +176,13 @@ def redis_server_binary() -> str | None:
     )
 
 
+def redis_server_missing_reason() -> str | None:
+    """None when `redis-server` can be started, else why it cannot."""
+    if redis_server_binary() is not None:
+        return None
+    return "redis-server is not installed (Debian: apt-get install redis-server)"
+
+
 class RedisServer(ServerProcess):
     """A real `redis-server` on a free loopback port (never the machine's own on 6379): no
     persistence, killed and restarted on the same port by the fault tests."""

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
 from gateway.settings import Settings
-from tests.servers import postgres_unreachable_reason, redis_server_binary
+from tests.servers import postgres_unreachable_reason, redis_server_missing_reason
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # The MLflow UI base the lineage tests configure; links are checked against it.
@@ -78,8 +78,8 @@ def require_postgres() -> None:
 
 def require_redis_server() -> None:
     """Skip (or, in CI, fail) when `redis-server` is not installed."""
-    if redis_server_binary() is None:
-        reason = "redis-server is not installed (Debian: apt-get install redis-server)"
+    reason = redis_server_missing_reason()
+    if reason is not None:
         if IN_CI:
             pytest.fail(f"{reason}; CI must run the Redis tests")
         print(f"\nskipping Redis test: {reason}")

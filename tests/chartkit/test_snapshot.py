@@ -346,3 +346,45 @@ def test_the_bar_cap_holds_for_every_shape_before_parsing(shape: str) -> None:
 @pytest.mark.parametrize("value", [None, 7, "plain text", '"json text"', {"note": "x"}])
 def test_count_bars_of_things_that_are_not_snapshots(value: Any) -> None:
     assert count_bars(value) is None
+
+
+iso_texts = st.builds(
+    lambda moment, sep, fraction, zone, pad: (
+        pad
+        + moment.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+        + (f".{moment.microsecond:06d}"[: fraction + 1] if fraction else "")
+        + zone
+        + pad
+    ),
+    st.datetimes(datetime(1971, 1, 1), datetime(2200, 1, 1)),
+    st.sampled_from(["T", " "]),
+    st.integers(0, 6),
+    st.sampled_from(["", "Z", "+00:00", "-05:30", "+0100", "+14:00"]),
+    st.sampled_from(["", " "]),
+) | st.dates(datetime(1971, 1, 1).date(), datetime(2200, 1, 1).date()).map(str)
+
+
+@given(texts=st.lists(iso_texts, min_size=1, max_size=20))
+@settings(max_examples=200)
+def test_iso_timestamps_read_in_one_pass_mean_what_each_one_read_alone_means(
+    texts: list[str],
+) -> None:
+    from chartkit.snapshot import _timestamp_ns, _timestamps_ns
+
+    one_by_one = [_timestamp_ns(text, i) for i, text in enumerate(texts)]
+    assert _timestamps_ns(texts).tolist() == one_by_one
+
+
+def test_a_bad_timestamp_among_iso_text_is_named_as_before() -> None:
+    bars = _bars(5)
+    for i, bar in enumerate(bars):
+        bar["timestamp"] = f"2025-01-0{i + 1}T00:00:00Z"
+    bars[3]["timestamp"] = "2025-13-01T00:00:00Z"
+    with pytest.raises(SnapshotError, match=re.escape("bar 3: timestamp '2025-13-01T00:00:00Z'")):
+        load_snapshot(bars)
+
+
+def test_bars_spelling_a_column_twice_read_the_later_key_in_every_bar() -> None:
+    bars = [{**bar, "c": bar["close"] + 1} for bar in _bars(6)]
+    frame = load_snapshot(bars)
+    assert frame["close"].tolist() == [bar["close"] + 1 for bar in bars]

@@ -17,7 +17,8 @@ from chartkit.spec import ChartSpec
 from chartkit.theme import THEMES
 
 # Bumped whenever the same inputs would render different bytes (cache keys include it).
-__version__ = "1.0.0"
+# 2.0.0: drawn without Axes (compound paths, plain-text ticks), RGB PNG: new pixels and bytes.
+__version__ = "2.0.0"
 
 __all__ = [
     "THEMES",

@@ -47,6 +47,11 @@ def snapshot_of(row: Artifact) -> Any | None:
     return meta_dict(row).get("market_data_snapshot")
 
 
+def renderer_version_of(row: Artifact) -> str | None:
+    """The chartkit version that drew the published chart (`metadata.chartkit_version`)."""
+    return _metadata_str(row.meta, "chartkit_version")
+
+
 def minio_url_of(row: Artifact) -> Any | None:
     """`chart_data.minio_url`, else `metadata.minio_url`."""
     for holder in (row.chart_data, row.meta):

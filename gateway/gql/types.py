@@ -23,6 +23,7 @@ from gateway.rows import (
     json_field,
     meta_dict,
     minio_url_of,
+    renderer_version_of,
 )
 from gateway.settings import Settings
 from gateway.snapshots import SnapshotSummary
@@ -108,7 +109,6 @@ def chart_info(row: models.Artifact, settings: Settings, listed: Listed | None) 
     url = minio_url_of(row)
     location = parse_minio_url(url, settings) if url is not None else None
     meta = meta_dict(row)
-    version = meta.get("chartkit_version")
     recorded: Any = meta.get("chart_spec")
     spec: Any = recorded if isinstance(recorded, dict) else None
     return ChartInfo(
@@ -116,7 +116,7 @@ def chart_info(row: models.Artifact, settings: Settings, listed: Listed | None) 
         bucket=location.bucket if isinstance(location, ObjectLocation) else None,
         object_key=location.key if isinstance(location, ObjectLocation) else None,
         url_problem=location.reason if isinstance(location, UrlRefusal) else None,
-        renderer_version=version if isinstance(version, str) else None,
+        renderer_version=renderer_version_of(row),
         spec=spec,
         row=row,
         listed=listed,

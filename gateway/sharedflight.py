@@ -123,11 +123,16 @@ class SharedFlight(Generic[V]):
         produce: Callable[[], Awaitable[V]],
         publish: Callable[[V], Awaitable[None]],
     ) -> V:
-        renewing = asyncio.ensure_future(self._renew(lease))
+        done = asyncio.Event()
+        renewing = asyncio.ensure_future(self._renew(lease, done))
         try:
             value = await produce()
             await publish(value)
         finally:
+            # The event ends the renewals even when the cancel lands inside a Redis call that
+            # swallows it: a holder stuck renewing a lease for work it finished hung a request
+            # (and a test) for minutes once.
+            done.set()
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
@@ -135,10 +140,11 @@ class SharedFlight(Generic[V]):
             await asyncio.shield(self.store.release(lease))
         return self._outcome(value, "produced")
 
-    async def _renew(self, lease: Lock) -> None:
-        while True:
-            await asyncio.sleep(LEASE_S / 3)
-            if not await self.store.extend(lease, ttl_s=LEASE_S):
+    async def _renew(self, lease: Lock, done: asyncio.Event) -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), LEASE_S / 3)
+            if done.is_set() or not await self.store.extend(lease, ttl_s=LEASE_S):
                 return
 
     def _outcome(self, value: V, outcome: str) -> V:

@@ -4,6 +4,7 @@ and Redis down, refusing or silent (the store answers "nothing" and the work is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -289,6 +290,49 @@ def test_concurrent_misses_on_two_replicas_produce_once(redis_url: str) -> None:
     }
     assert outcomes["produced"] == 1
     assert outcomes["waited"] + outcomes["found"] == 1
+
+
+def test_a_holder_stops_renewing_its_lease_when_its_work_is_done_even_if_a_cancel_is_lost(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.sharedflight.LEASE_S", 0.3)
+    renewals: list[float] = []
+
+    async def scenario() -> bytes:
+        store = store_for(redis_url)
+        real_extend = store.extend
+
+        renewing = asyncio.Event()
+
+        async def extend_that_loses_a_cancel(lease: Any, *, ttl_s: float) -> bool:
+            # What a Redis call caught in the middle of a cancellation may do: finish anyway.
+            renewals.append(time.monotonic())
+            renewing.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+            return await real_extend(lease, ttl_s=ttl_s)
+
+        monkeypatch.setattr(store, "extend", extend_that_loses_a_cancel)
+
+        async def produce() -> bytes:
+            await renewing.wait()  # ends while a renewal is under way: the cancel lands in it
+            return PNG
+
+        flight = flight_for(store, Metrics())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            run = flight.run("c", produce=produce, wait_s=10, **shared_chart(store, "c"))
+            value = await asyncio.wait_for(run, timeout=5)
+            assert loop.time() - started < 4, "the holder hung after its work was done"
+            count = len(renewals)
+            await asyncio.sleep(0.5)
+            assert len(renewals) == count, "a lease nobody holds is still being renewed"
+            return value
+        finally:
+            await closing(store)
+
+    assert asyncio.run(scenario()) == PNG
 
 
 def test_a_holder_that_died_lets_its_lease_lapse_and_a_waiter_does_the_work(

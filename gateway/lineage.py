@@ -1,8 +1,9 @@
 """Lineage resolution: which MLflow run made an artifact, resolved lazily and side-effect free.
 
-Order (DESIGN.md): ids stored on the row -> STORED; a run id (row, else metadata.mlflow_run_id)
--> that run's experiment -> HYDRATED; a workflow id -> the latest run tagged workflow_id ->
-HYDRATED; else UNRESOLVED with a reason; MLflow unreachable or too slow -> UNAVAILABLE.
+Order (DESIGN.md): ids stored on the row -> STORED; a run id (row, else metadata.mlflow_run_id,
+else the one an object key in MLflow's artifact layout names) -> that run's experiment ->
+HYDRATED; a workflow id -> the latest run tagged workflow_id -> HYDRATED; else UNRESOLVED with a
+reason; MLflow unreachable or too slow -> UNAVAILABLE.
 
 Shared by reads (the services layer batches a request's lookups), the repair mutation and CLI,
 and dags_utils. One `LineageResolver` per process holds the TTL cache, the circuit breaker and the
@@ -28,7 +29,7 @@ from gateway.bytecache import SingleFlight
 from gateway.mlflow_backend import MlflowUnavailableError, RunRef, SearchBackend, safe_run_ids
 from gateway.models import Artifact
 from gateway.observability import Metrics
-from gateway.rows import effective_workflow_id, metadata_run_id
+from gateway.rows import artifact_key_run_id, effective_workflow_id, metadata_run_id
 from gateway.sharedflight import SharedFlight
 from gateway.sharedstore import SharedStore
 
@@ -51,6 +52,8 @@ class LineageSource(enum.StrEnum):
 
     ROW = "row"
     METADATA_RUN_ID = "metadata_run_id"
+    # The stored object's key follows MLflow's artifact layout, which names the run.
+    OBJECT_KEY = "object_key"
     WORKFLOW_TAG = "workflow_tag"
 
 
@@ -564,6 +567,11 @@ def candidates_of(row: Artifact) -> list[tuple[LineageSource, Key]]:
     meta_run = metadata_run_id(row)
     if meta_run:
         found.append((LineageSource.METADATA_RUN_ID, ("run", meta_run)))
+    key_run = artifact_key_run_id(row)
+    if key_run and key_run != meta_run:
+        # Confirmed like any run id, in the same batched search: one MLflow does not know
+        # falls through to the workflow tag.
+        found.append((LineageSource.OBJECT_KEY, ("run", key_run)))
     workflow_id = effective_workflow_id(row)
     if workflow_id:
         found.append((LineageSource.WORKFLOW_TAG, ("workflow", workflow_id)))

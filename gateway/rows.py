@@ -7,6 +7,7 @@ the pages and dags_utils.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -45,6 +46,24 @@ def metadata_run_id(row: Artifact) -> str | None:
 def snapshot_of(row: Artifact) -> Any | None:
     """The stored market-data snapshot, if any."""
     return meta_dict(row).get("market_data_snapshot")
+
+
+# Longer stored locations are not searched for a run id (no key is that long).
+MAX_ARTIFACT_KEY_CHARS = 4096
+# MLflow's artifact layout: <experiment_id>/<run_id>/artifacts/<path>, under any root (an
+# S3 bucket and prefix, mlflow-artifacts:/, a local mlruns/ directory). Run ids are uuid4 hex.
+_MLFLOW_ARTIFACT_KEY = re.compile(r"(?:^|/)\d{1,19}/([0-9a-f]{32})/artifacts/[^/]")
+
+
+def artifact_key_run_id(row: Artifact) -> str | None:
+    """The run id named by a stored object key (`minio_url`, else the legacy `path`) that
+    follows MLflow's artifact layout; None when neither does. Text only: nothing is fetched."""
+    for location in (minio_url_of(row), row.path):
+        if isinstance(location, str) and len(location) <= MAX_ARTIFACT_KEY_CHARS:
+            found = _MLFLOW_ARTIFACT_KEY.search(location.split("?", 1)[0].replace("\\", "/"))
+            if found is not None:
+                return found.group(1)
+    return None
 
 
 def renderer_version_of(row: Artifact) -> str | None:

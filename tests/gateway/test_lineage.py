@@ -207,6 +207,41 @@ def test_metadata_run_ids_are_looked_up_in_one_search(
     assert "attributes.run_id IN" in json.loads(searches[0])["filter"]
 
 
+def test_an_object_key_in_mlflows_layout_resolves_in_the_same_search_as_metadata_run_ids(
+    experiment: str,  # (before the app: its start-up experiment list holds it)
+    mlflow: MlflowClient,
+    lineage_client: TestClient,
+    insert: Callable[..., int],
+    mlflow_proxy: RecordingProxy,
+) -> None:
+    by_metadata, by_key, by_path = (make_run(mlflow, experiment) for _ in range(3))
+    wf = f"wf-{uuid.uuid4().hex[:8]}"
+    latest = make_run(mlflow, experiment, workflow_id=wf)
+    unknown = uuid.uuid4().hex  # in MLflow's layout, but no such run
+    ids = [
+        insert(meta={"mlflow_run_id": by_metadata}),
+        insert(chart_data={"minio_url": f"s3://mlflow/{experiment}/{by_key}/artifacts/c.png"}),
+        insert(path=f"/srv/mlruns/{experiment}/{by_path}/artifacts/chart.png"),
+        insert(workflow_id=wf, chart_data={"minio_url": f"s3://m/1/{unknown}/artifacts/c.png"}),
+    ]
+    mlflow_proxy.reset()
+    edges = gql(lineage_client, PAGE)["artifacts"]["edges"]
+    got = {e["node"]["id"]: e["node"] for e in edges}
+    assert [
+        (got[i]["runId"], got[i]["experimentId"], got[i]["lineage"]["source"]) for i in ids
+    ] == [
+        (by_metadata, experiment, "METADATA_RUN_ID"),
+        (by_key, experiment, "OBJECT_KEY"),
+        (by_path, experiment, "OBJECT_KEY"),
+        (latest, experiment, "WORKFLOW_TAG"),
+    ]
+    searches = [json.loads(b)["filter"] for b in mlflow_proxy.bodies("/api/2.0/mlflow/runs/search")]
+    by_id = [f for f in searches if "attributes.run_id IN" in f]
+    assert len(by_id) == 1  # every run id of the page, keys included, in one search
+    assert all(run in by_id[0] for run in (by_metadata, by_key, by_path, unknown))
+    assert len(searches) == 2  # and the workflow's, once the unknown key fell through
+
+
 def _query_unavailable(client: TestClient, artifact_id: int) -> tuple[dict[str, Any], float]:
     started = time.monotonic()
     data = node(client, artifact_id)

@@ -130,6 +130,21 @@ def test_repair_writes_exactly_the_resolvable_rows_then_nothing(
     assert "gateway_artifacts_missing_lineage 2.0" in metrics
 
 
+def test_repair_writes_the_run_an_object_key_names(
+    admin: TestClient, insert: Callable[..., int], mlflow_server: Any, engine: Engine
+) -> None:
+    mlflow = MlflowClient(tracking_uri=mlflow_server.url)
+    experiment = str(mlflow.create_experiment(f"repair-key-{uuid.uuid4().hex[:8]}"))
+    run = mlflow.create_run(experiment).info.run_id
+    keyed = insert(chart_data={"minio_url": f"s3://mlflow/{experiment}/{run}/artifacts/c.png"})
+    unknown = insert(path=f"mlruns/{experiment}/{uuid.uuid4().hex}/artifacts/c.png")
+    report = call(admin)["data"]["repairLineage"]
+    assert (report["repaired"], report["unresolved"]) == (1, 1)
+    db = lineage_in_db(engine)
+    assert db[keyed] == (run, experiment)
+    assert db[unknown] == (None, None)
+
+
 def test_named_ids_and_workflow_filter(
     admin: TestClient, dataset: dict[str, Any], engine: Engine
 ) -> None:

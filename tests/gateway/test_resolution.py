@@ -92,3 +92,51 @@ def test_an_unavailable_lookup_stops_the_walk() -> None:
 )
 def test_decide_names_the_next_key_to_look_up(known: dict[Key, Outcome], expected: Key) -> None:
     assert decide(row(workflow_id="wf", meta={"mlflow_run_id": "run-1"}), known) == expected
+
+
+KEY_RUN = "0123456789abcdef0123456789abcdef"
+KEYED = RunRef(KEY_RUN, "3")
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"chart_data": {"minio_url": f"s3://mlflow/3/{KEY_RUN}/artifacts/chart.png"}}, KEY_RUN),
+        ({"chart_data": {"minio_url": f"mlflow/artifacts/3/{KEY_RUN}/artifacts/c/d.png"}}, KEY_RUN),
+        (
+            {"meta": {"minio_url": f"http://minio:9000/b/3/{KEY_RUN}/artifacts/x.png?X-Sig=1"}},
+            KEY_RUN,
+        ),
+        ({"path": f"/data/mlruns/3/{KEY_RUN}/artifacts/chart.png"}, KEY_RUN),
+        ({"path": f"C:\\mlruns\\3\\{KEY_RUN}\\artifacts\\chart.png"}, KEY_RUN),
+        ({"chart_data": {"minio_url": f"s3://b/AAPL/{KEY_RUN}/artifacts/c.png"}}, None),
+        ({"chart_data": {"minio_url": f"s3://b/3/{KEY_RUN.upper()}/artifacts/c.png"}}, None),
+        ({"chart_data": {"minio_url": f"s3://b/3/{KEY_RUN}/artifacts/"}}, None),
+        ({"chart_data": {"minio_url": f"s3://b/3/{KEY_RUN}x/artifacts/c.png"}}, None),
+        ({"chart_data": {"minio_url": f"s3://b/3/{KEY_RUN}/models/c.png"}}, None),
+        ({"chart_data": {"minio_url": 42}, "path": None}, None),
+        ({"path": "/" * 5000 + f"3/{KEY_RUN}/artifacts/c.png"}, None),
+    ],
+)
+def test_an_object_key_in_mlflows_artifact_layout_names_its_run(
+    fields: dict[str, Any], expected: str | None
+) -> None:
+    from gateway.rows import artifact_key_run_id
+
+    assert artifact_key_run_id(row(**fields)) == expected
+
+
+def test_an_object_key_is_tried_after_the_metadata_run_id_and_before_the_workflow() -> None:
+    url = f"s3://mlflow/3/{KEY_RUN}/artifacts/chart.png"
+    artifact = row(workflow_id="wf", chart_data={"minio_url": url}, meta={"mlflow_run_id": "gone"})
+    outcomes = {("run", KEY_RUN): KEYED, ("workflow", "wf"): LATEST}
+    lineage, asked = resolve(artifact, outcomes)
+    assert lineage == Lineage(LineageStatus.HYDRATED, LineageSource.OBJECT_KEY, KEY_RUN, "3")
+    assert asked == [("run", "gone"), ("run", KEY_RUN)]
+
+
+def test_an_object_key_naming_a_run_mlflow_does_not_know_falls_through_to_the_workflow() -> None:
+    artifact = row(workflow_id="wf", path=f"mlruns/3/{KEY_RUN}/artifacts/chart.png")
+    lineage, asked = resolve(artifact, {("workflow", "wf"): LATEST})
+    assert lineage == Lineage(LineageStatus.HYDRATED, LineageSource.WORKFLOW_TAG, "run-9", "7")
+    assert asked == [("run", KEY_RUN), ("workflow", "wf")]

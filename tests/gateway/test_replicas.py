@@ -236,6 +236,17 @@ def test_redis_killed_then_silent_costs_no_request_and_sharing_resumes_when_it_r
     redis = RedisServer(tmp_path / "redis", port=port).start()
     clusters = start_cluster(tmp_path / "cluster", redis.url, mlflow_server.url, s3_server)
     cluster = next(clusters)
+    # Each replica draws a chart first. The subject is Redis failing, not a cold replica's
+    # first render, which waits for its forkserver's imports: on a slow 2-core machine three
+    # replicas importing chartkit at once took a first render past its 10 s timeout.
+    warm_seeds = iter(range(3000, 3100))
+    for replica in cluster.replicas:
+        warm_until = time.monotonic() + 120
+        while True:
+            chart = cluster.add_chart(seed=next(warm_seeds))  # a new chart: no remembered 503
+            if httpx.get(f"{replica.url}/api/artifacts/{chart}/image", timeout=60).is_success:
+                break
+            assert time.monotonic() < warm_until, "a replica never drew its first chart"
     statuses: list[int] = []
     slowest = [0.0]
     stop = threading.Event()

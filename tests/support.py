@@ -83,7 +83,7 @@ def require_redis_server() -> None:
         if IN_CI:
             pytest.fail(f"{reason}; CI must run the Redis tests")
         print(f"\nskipping Redis test: {reason}")
-        pytest.skip(reason)  # no redis-server on a bare machine: skip, with the reason
+        pytest.skip(reason=reason)  # redis-server not installed (a bare machine): skip, say why
 
 
 def make_run(

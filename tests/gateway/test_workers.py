@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import runpy
+import shutil
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -38,6 +41,13 @@ def spin_after_writing_pid(pid_file: str) -> None:
 
 def refuse(message: str) -> None:
     raise SnapshotError(message)
+
+
+def modules_a_rerun_of_imports(script: str) -> list[str]:
+    # What a fresh worker does first: run the serving process's main script as __mp_main__.
+    before = set(sys.modules)
+    runpy.run_path(script, run_name="__mp_main__")
+    return sorted(set(sys.modules) - before)
 
 
 def alive(pid: int) -> bool:
@@ -107,6 +117,16 @@ def test_a_cancelled_job_stops_its_worker_and_the_pool_goes_on(
         assert time.monotonic() < deadline, "the cancelled job's worker is still running"
         time.sleep(0.05)
     assert asyncio.run(pool.run(niceness)) >= 0  # a new worker took its place
+
+
+def test_a_fresh_worker_reruns_the_gateway_script_without_importing_anything(
+    pool: WorkerPool,
+) -> None:
+    # Every cancelled job leaves a fresh worker; one that imported the CLI again would burn half
+    # a second of CPU each time (the forkserver preloads it instead).
+    script = shutil.which("gateway", path=str(Path(sys.executable).parent))
+    assert script is not None, "the gateway console script is not installed"
+    assert asyncio.run(pool.run(modules_a_rerun_of_imports, script)) == []
 
 
 def test_a_render_past_its_deadline_burns_no_more_cpu(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from gateway.gql.view import graphql_app
 from gateway.observability import Metrics, RequestContextMiddleware, configure_logging
 from gateway.problems import UnexpectedErrorMiddleware, gateway_error_handler, http_error_handler
 from gateway.routes import artifact_image, get_artifact, healthz, metrics, readyz
+from gateway.run_graph import lineage_gauge_task
 from gateway.services import open_services
 from gateway.settings import Settings
 from gateway.ui import ui_routes, unexpected_error_page
@@ -37,7 +38,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with open_services(settings, metrics_) as services:
+        async with open_services(settings, metrics_) as services, lineage_gauge_task(services):
             log.info("gateway.started", env=settings.env)
             yield {"services": services}
         log.info("gateway.stopped")

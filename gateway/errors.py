@@ -45,3 +45,15 @@ class RenderTimeoutError(GatewayError):
 
 class ResponseTooLargeError(GatewayError):
     """What was asked for would make a response larger than GATEWAY_MAX_RESPONSE_MB."""
+
+
+class MlflowUnreachableError(GatewayError):
+    """MLflow could not be asked (down, too slow, breaker open): the field that needed it fails,
+    the rest of the answer stands."""
+
+    code = "MLFLOW_UNAVAILABLE"
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        # graphql-core copies an original error's `extensions` onto the GraphQL error.
+        return {"code": self.code}

@@ -26,7 +26,15 @@ from cachetools import TLRUCache
 
 from gateway.breaker import CircuitBreaker, CircuitOpenError
 from gateway.bytecache import SingleFlight
-from gateway.mlflow_backend import MlflowUnavailableError, RunRef, SearchBackend, safe_run_ids
+from gateway.mlflow_backend import (
+    WORKFLOW_RUNS_MAX,
+    MlflowUnavailableError,
+    RunRef,
+    SearchBackend,
+    ref_of,
+    safe_run_ids,
+)
+from gateway.mlflow_runs import RunRecord
 from gateway.models import Artifact
 from gateway.observability import Metrics
 from gateway.rows import artifact_key_run_id, effective_workflow_id, metadata_run_id
@@ -127,6 +135,10 @@ class LineageResolver:
         if shared is not None:
             self._shared_searches = SharedFlight(shared, metrics=metrics, tier="lineage")
         self._experiments: tuple[float, list[str]] | None = None
+        # Experiment names from the latest listing (for the run details).
+        self._experiment_names: dict[str, str | None] = {}
+        # Told of every whole run a search here returned (the run details cache listens).
+        self.runs_seen: Callable[[Sequence[RunRecord]], None] | None = None
         # One experiment listing at a time: lookups that need it while it runs share it.
         self._experiment_listing: SingleFlight[str, list[str]] = SingleFlight()
         self._prefetch: asyncio.Task[None] | None = None
@@ -194,6 +206,16 @@ class LineageResolver:
     def _keep(self, key: Key, outcome: RunRef | None) -> None:
         self._cache[key] = (outcome, self._ttl_of(outcome))
 
+    @property
+    def hit_ttl_s(self) -> float:
+        """Seconds a run that was found is kept."""
+        return self._hit_ttl
+
+    @property
+    def miss_ttl_s(self) -> float:
+        """Seconds an answer of "no such run" is kept."""
+        return self._miss_ttl
+
     def _ttl_of(self, outcome: RunRef | None) -> float:
         return self._hit_ttl if outcome is not None else self._miss_ttl
 
@@ -243,12 +265,19 @@ class LineageResolver:
             shared = await self._shared_experiments(listed_since)
             if shared is not None:
                 return shared
-        ids = await self._call("search_experiments", self.backend.experiment_ids)
+        listed = await self._call("search_experiments", self.backend.experiments)
+        ids = [experiment.experiment_id for experiment in listed]
+        names = {experiment.experiment_id: experiment.name for experiment in listed}
         self._experiments = (started, ids)
+        self._experiment_names = names
         if self.shared is not None:
             await self.shared.put_json(
                 self.shared.key("lineage", "experiments"),
-                {"listed_at": time.time() - (time.monotonic() - started), "ids": ids},
+                {
+                    "listed_at": time.time() - (time.monotonic() - started),
+                    "ids": ids,
+                    "names": names,
+                },
                 ttl_s=EXPERIMENTS_TTL_S,
                 kind="lineage",
             )
@@ -262,7 +291,7 @@ class LineageResolver:
         )
         if found is None:
             return None
-        listed_wall, ids = found
+        listed_wall, ids, names = found
         # Its moment on this process's monotonic clock (another host's clock ahead: now).
         listed_at = time.monotonic() - max(time.time() - listed_wall, 0.0)
         if time.monotonic() - listed_at >= EXPERIMENTS_TTL_S:
@@ -270,7 +299,16 @@ class LineageResolver:
         if listed_since is not None and listed_at < listed_since:
             return None
         self._experiments = (listed_at, ids)
+        self._experiment_names = names
         return ids
+
+    def experiment_name(self, experiment_id: str) -> str | None:
+        """The experiment's name as the latest listing gave it (None when not listed)."""
+        return self._experiment_names.get(experiment_id)
+
+    def _saw(self, runs: Sequence[RunRecord]) -> None:
+        if self.runs_seen is not None and runs:
+            self.runs_seen(runs)
 
     async def lookup(self, keys: Sequence[Key]) -> list[Outcome]:
         """Outcomes for lookup keys: cached ones free, run ids in one search, workflows each."""
@@ -342,7 +380,7 @@ class LineageResolver:
         try:
             experiments = await self._experiment_ids()
         except (MlflowUnavailableError, TimeoutError, CircuitOpenError) as exc:
-            return dict.fromkeys(keys, _unavailable(exc))
+            return dict.fromkeys(keys, unavailable_of(exc))
         listed_at = self._experiments[0] if self._experiments is not None else started
         # The list may predate an experiment holding a run asked for (it was read at start-up,
         # or up to EXPERIMENTS_TTL_S ago): keys not found are searched again in the experiments
@@ -398,7 +436,7 @@ class LineageResolver:
         results: dict[Key, Outcome] = {}
         for (job_keys, _), outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                results.update(dict.fromkeys(job_keys, _unavailable(outcome)))
+                results.update(dict.fromkeys(job_keys, unavailable_of(outcome)))
             else:
                 results.update(outcome)
         return results
@@ -409,7 +447,8 @@ class LineageResolver:
         found = await self._call(
             "search_runs_by_id", lambda: self.backend.runs_by_id(run_ids, experiments)
         )
-        by_id = {ref.run_id: ref for ref in found}
+        self._saw(found)
+        by_id = {run.run_id: ref_of(run) for run in found}
         outcomes: dict[Key, RunRef | None] = {}
         for run_id in run_ids:
             value = by_id.get(run_id)
@@ -425,10 +464,12 @@ class LineageResolver:
         key: Key = ("workflow", workflow_id)
 
         async def search() -> RunRef | None:
-            return await self._call(
+            run = await self._call(
                 "search_runs_by_workflow",
                 lambda: self.backend.latest_run_for_workflow(workflow_id, experiments),
             )
+            self._saw([run] if run is not None else [])
+            return ref_of(run) if run is not None else None
 
         if self._shared_searches is None or self.shared is None or not shared:
             ref = await search()
@@ -458,6 +499,38 @@ class LineageResolver:
     async def _searched(self, search: Callable[[], Awaitable[RunRef | None]]) -> _Shared:
         ref = await search()
         return _Shared(ref, time.time() + self._ttl_of(ref))
+
+    async def fetch_runs(self, run_ids: Sequence[str]) -> dict[str, Outcome]:
+        """Search these runs now, cached or not (the run details need the whole runs, which
+        `runs_seen` is told of): one batched search, plus one in experiments created since the
+        listing for ids it missed. Within the same deadline as a lineage batch."""
+        await self.until_warm()
+        keys: list[Key] = [("run", run_id) for run_id in run_ids]
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                outcomes = await self._fetch(keys)
+        except TimeoutError:
+            outcomes = dict.fromkeys(keys, Unavailable("MLflow did not answer in time"))
+        return {value: outcomes[(kind, value)] for kind, value in keys}
+
+    async def fetch_workflow_runs(self, workflow_id: str) -> list[RunRecord]:
+        """Every run tagged with this workflow id, newest first (up to WORKFLOW_RUNS_MAX).
+
+        Raises MlflowUnavailableError, TimeoutError or CircuitOpenError when MLflow cannot say.
+        The newest is the workflow's latest run: lineage keeps it as this workflow's outcome.
+        """
+        await self.until_warm()
+        async with asyncio.timeout(self.timeout_s * 2):
+            experiments = await self._experiment_ids()
+            runs = await self._call(
+                "search_runs_by_workflow",
+                lambda: self.backend.workflow_runs(
+                    workflow_id, experiments, max_results=WORKFLOW_RUNS_MAX
+                ),
+            )
+        self._saw(runs)
+        self._keep(("workflow", workflow_id), ref_of(runs[0]) if runs else None)
+        return runs
 
     async def load_batch(self, keys: Sequence[Key]) -> list[Outcome]:
         """Outcomes of one batch of keys within one deadline: a slow MLflow costs at most that.
@@ -533,21 +606,33 @@ def _checked_shared(value: Any) -> _Shared | None:
     return _Shared(run, float(until)) if run is not None else None
 
 
-def _checked_experiments(value: Any) -> tuple[float, list[str]] | None:
-    """A shared experiment list (when it was read, the ids), or None for anything else."""
-    if not isinstance(value, dict) or set(value) != {"listed_at", "ids"}:
+def _checked_experiments(
+    value: Any,
+) -> tuple[float, list[str], dict[str, str | None]] | None:
+    """A shared experiment list (when it was read, the ids, their names), or None for anything
+    else (an older replica's list without names included: it is read again)."""
+    if not isinstance(value, dict) or set(value) != {"listed_at", "ids", "names"}:
         return None
-    listed_at, ids = value["listed_at"], value["ids"]
+    listed_at, ids, names = value["listed_at"], value["ids"], value["names"]
+    if not isinstance(names, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in names.items()
+    ):
+        return None
     if isinstance(listed_at, bool) or not isinstance(listed_at, int | float):
         return None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         return None
     if safe_run_ids(ids) != ids:
         return None
-    return float(listed_at), ids
+    return float(listed_at), ids, {i: names.get(i) for i in ids}
 
 
-def _unavailable(exc: BaseException) -> Unavailable:
+# What a lookup raises when MLflow cannot answer (anything else is a bug).
+LOOKUP_FAILURES = (MlflowUnavailableError, TimeoutError, CircuitOpenError)
+
+
+def unavailable_of(exc: BaseException) -> Unavailable:
+    """Why a lookup failed, as readers are told."""
     if isinstance(exc, CircuitOpenError):
         return Unavailable("MLflow circuit open after repeated failures")
     if isinstance(exc, TimeoutError):

@@ -1,8 +1,10 @@
-"""Read-only MLflow lookups for lineage: REST over httpx, or the local store via MlflowClient.
+"""Read-only MLflow lookups: REST over httpx, or the local store via MlflowClient.
 
 A tracking URI over HTTP(S) is queried with an async httpx client: tight timeouts, no retries,
 cancellable. Any other URI (the embedded `sqlite:///./var/mlflow.db`, `file:`) goes through
-`MlflowClient` in worker threads. Both answer the same three questions.
+`MlflowClient` in worker threads. Both answer the same questions (runs by id, a workflow's
+runs, the experiments) with whole runs: a search returns params, metrics and tags anyway, so
+lineage's searches also fill the run details cache.
 """
 
 from __future__ import annotations
@@ -16,9 +18,19 @@ from typing import Any
 import anyio.to_thread
 import httpx
 
+from gateway.mlflow_runs import (
+    Experiment,
+    RunRecord,
+    experiment_from_rest,
+    run_from_entity,
+    run_from_rest,
+)
+
 # MLflow run ids are hex; anything else is refused before it reaches a filter string.
 _SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SEARCH_PAGE = 100
+# A workflow's runs shown at most (newest first): a DAG run is a handful of MLflow runs.
+WORKFLOW_RUNS_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +39,11 @@ class RunRef:
 
     run_id: str
     experiment_id: str
+
+
+def ref_of(run: RunRecord) -> RunRef:
+    """The two ids of a whole run."""
+    return RunRef(run.run_id, run.experiment_id)
 
 
 class MlflowUnavailableError(Exception):
@@ -54,8 +71,12 @@ def workflow_filter(workflow_id: str) -> str | None:
 class SearchBackend:
     """The lookups, built once on two primitives each backend provides."""
 
-    async def experiment_ids(self) -> list[str]:
+    async def experiments(self) -> list[Experiment]:
+        """The active experiments, with their names."""
         raise NotImplementedError
+
+    async def experiment_ids(self) -> list[str]:
+        return [experiment.experiment_id for experiment in await self.experiments()]
 
     async def search(
         self,
@@ -64,14 +85,14 @@ class SearchBackend:
         *,
         max_results: int,
         order_by: list[str] | None = None,
-    ) -> list[RunRef]:
+    ) -> list[RunRecord]:
         """Runs matching an MLflow filter string in these experiments."""
         raise NotImplementedError
 
     async def runs_by_id(
         self, run_ids: Sequence[str], experiment_ids: Sequence[str]
-    ) -> list[RunRef]:
-        found: list[RunRef] = []
+    ) -> list[RunRecord]:
+        found: list[RunRecord] = []
         safe = safe_run_ids(run_ids)
         for start in range(0, len(safe), SEARCH_PAGE):
             chunk = safe[start : start + SEARCH_PAGE]
@@ -80,14 +101,23 @@ class SearchBackend:
 
     async def latest_run_for_workflow(
         self, workflow_id: str, experiment_ids: Sequence[str]
-    ) -> RunRef | None:
+    ) -> RunRecord | None:
+        runs = await self.workflow_runs(workflow_id, experiment_ids, max_results=1)
+        return runs[0] if runs else None
+
+    async def workflow_runs(
+        self, workflow_id: str, experiment_ids: Sequence[str], *, max_results: int
+    ) -> list[RunRecord]:
+        """Runs tagged workflow_id = `workflow_id`, newest first (MLflow breaks a tie by run id)."""
         filter_string = workflow_filter(workflow_id)
         if filter_string is None:
-            return None
-        runs = await self.search(
-            experiment_ids, filter_string, max_results=1, order_by=["attributes.start_time DESC"]
+            return []
+        return await self.search(
+            experiment_ids,
+            filter_string,
+            max_results=max_results,
+            order_by=["attributes.start_time DESC"],
         )
-        return runs[0] if runs else None
 
     async def warm_up(self) -> None:
         return None
@@ -122,18 +152,19 @@ class RestBackend(SearchBackend):
             raise MlflowUnavailableError(f"invalid JSON from {path}") from exc
         return body
 
-    async def experiment_ids(self) -> list[str]:
-        ids: list[str] = []
+    async def experiments(self) -> list[Experiment]:
+        found: list[Experiment] = []
         token: str | None = None
         while True:
             payload: dict[str, Any] = {"max_results": 1000, "view_type": "ACTIVE_ONLY"}
             if token:
                 payload["page_token"] = token
             body = await self._post("experiments/search", payload)
-            ids += [e["experiment_id"] for e in body.get("experiments", [])]
+            listed = body.get("experiments", [])
+            found += [e for e in map(experiment_from_rest, _list(listed)) if e is not None]
             token = body.get("next_page_token")
-            if not token:
-                return ids
+            if not isinstance(token, str) or not token:
+                return found
 
     async def search(
         self,
@@ -142,7 +173,7 @@ class RestBackend(SearchBackend):
         *,
         max_results: int,
         order_by: list[str] | None = None,
-    ) -> list[RunRef]:
+    ) -> list[RunRecord]:
         payload: dict[str, Any] = {
             "experiment_ids": list(experiment_ids),
             "filter": filter_string,
@@ -151,10 +182,7 @@ class RestBackend(SearchBackend):
         if order_by:
             payload["order_by"] = order_by
         body = await self._post("runs/search", payload)
-        return [
-            RunRef(str(run["info"]["run_id"]), str(run["info"]["experiment_id"]))
-            for run in body.get("runs", [])
-        ]
+        return [run for run in map(run_from_rest, _list(body.get("runs"))) if run is not None]
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -187,9 +215,9 @@ class LocalStoreBackend(SearchBackend):
 
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
-    async def experiment_ids(self) -> list[str]:
+    async def experiments(self) -> list[Experiment]:
         experiments = await self._run("search_experiments", max_results=50_000)
-        return [e.experiment_id for e in experiments]
+        return [Experiment(e.experiment_id, e.name) for e in experiments]
 
     async def search(
         self,
@@ -198,7 +226,7 @@ class LocalStoreBackend(SearchBackend):
         *,
         max_results: int,
         order_by: list[str] | None = None,
-    ) -> list[RunRef]:
+    ) -> list[RunRecord]:
         runs = await self._run(
             "search_runs",
             list(experiment_ids),
@@ -206,7 +234,7 @@ class LocalStoreBackend(SearchBackend):
             max_results=max_results,
             order_by=order_by,
         )
-        return [RunRef(r.info.run_id, r.info.experiment_id) for r in runs]
+        return [run for run in map(run_from_entity, runs) if run is not None]
 
     async def warm_up(self) -> None:
         # Opening a local store can take seconds (schema checks); do it before users ask.
@@ -214,6 +242,10 @@ class LocalStoreBackend(SearchBackend):
             await self.experiment_ids()
         except MlflowUnavailableError:
             return
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def make_backend(tracking_uri: str, *, timeout_s: float) -> SearchBackend:

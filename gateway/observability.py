@@ -211,6 +211,13 @@ class Metrics:
             "Artifacts still lacking run or experiment id (refreshed by repair runs).",
             registry=r,
         )
+        self.missing_lineage_by_workflow = Gauge(
+            "gateway_workflow_missing_lineage",
+            "Artifacts with a null run id, for the GATEWAY_LINEAGE_GAUGE_WORKFLOWS largest "
+            "workflows and the rest as workflow_id=other (refreshed on a schedule).",
+            ["workflow_id"],
+            registry=r,
+        )
 
 
 def _request_id_from(scope: Scope) -> str:

@@ -15,6 +15,7 @@ from gateway.errors import (
     DatabaseUnavailableError,
     GatewayError,
     InvalidInputError,
+    MlflowUnreachableError,
     NotFoundError,
     OverloadedError,
     RenderTimeoutError,
@@ -36,8 +37,14 @@ _STATUS: dict[type[GatewayError], tuple[int, str]] = {
     DatabaseUnavailableError: (503, "Service Unavailable"),
     OverloadedError: (503, "Service Unavailable"),
     RenderTimeoutError: (503, "Service Unavailable"),
+    MlflowUnreachableError: (503, "Service Unavailable"),
 }
-_RETRY_LATER = (DatabaseUnavailableError, OverloadedError, RenderTimeoutError)
+_RETRY_LATER = (
+    DatabaseUnavailableError,
+    OverloadedError,
+    RenderTimeoutError,
+    MlflowUnreachableError,
+)
 
 
 def status_of(exc: GatewayError) -> tuple[int, str]:

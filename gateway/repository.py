@@ -270,6 +270,85 @@ def count_artifacts(
     return int(session.exec(statement).one())
 
 
+def _json_text(column: Any, key: str, dialect: str) -> ColumnElement[str]:
+    """A top-level string of a JSON column's documents, as `_metadata_text` reads metadata."""
+    if dialect == "sqlite":
+        value = func.json_extract(column, literal_column(f"'$.{key}'"))
+        return case((func.json_valid(column) == 1, value), else_=None)
+    readable = ~column.cast(Text).op("~")(literal_column(_LONE_SURROGATE_SQL))
+    return case(
+        (readable, column.op("->>", return_type=Text())(literal_column(f"'{key}'"))), else_=None
+    )
+
+
+def run_artifact_candidates(
+    session: Session, *, run_id: str, workflow_id: str | None, after_id: int | None, limit: int
+) -> Page:
+    """Rows whose lineage can be this run, in id order after `after_id` (listed: no snapshot).
+
+    A superset, for lineage to decide: rows storing the run id, and rows without one whose
+    metadata names it, whose stored location contains it (MLflow's artifact layout), or that
+    belong to the run's workflow (`workflow_id`, from the run's tag).
+    """
+    dialect = _dialect(session)
+    table = Artifact.__table__  # type: ignore[attr-defined]
+    # Run ids are MLflow ids (letters, digits, - and _): `_` is LIKE's one-character wildcard,
+    # which only widens the superset.
+    inside = f"%{run_id}%"
+    legacy: list[ColumnElement[bool]] = [
+        _metadata_text("mlflow_run_id", dialect) == run_id,
+        _json_text(table.c.chart_data, "minio_url", dialect).like(inside),
+        _metadata_text("minio_url", dialect).like(inside),
+        col(Artifact.path).like(inside),
+    ]
+    if workflow_id is not None:
+        legacy.append(effective_workflow_id_expr(dialect) == workflow_id)
+    conditions: list[ColumnElement[bool]] = [
+        or_(col(Artifact.run_id) == run_id, and_(col(Artifact.run_id).is_(None), or_(*legacy)))
+    ]
+    if after_id is not None:
+        conditions.append(col(Artifact.id) > after_id)
+    return _listed_page(session, conditions, limit)
+
+
+def count_missing_run_id(session: Session, *, workflow_id: str) -> int:
+    """Rows of this workflow whose run id is null in the table."""
+    statement = (
+        select(func.count())
+        .select_from(Artifact)
+        .where(
+            effective_workflow_id_expr(_dialect(session)) == workflow_id,
+            col(Artifact.run_id).is_(None),
+        )
+    )
+    return int(session.exec(statement).one())
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowLineage:
+    """One workflow's rows and how many of them have a null run id (None: no workflow id)."""
+
+    workflow_id: str | None
+    artifacts: int
+    missing_run_id: int
+
+
+def lineage_by_workflow(session: Session) -> list[WorkflowLineage]:
+    """Every workflow's row count and null run ids, largest workflow first (one GROUP BY)."""
+    workflow = effective_workflow_id_expr(_dialect(session)).label("workflow")
+    missing = func.sum(case((col(Artifact.run_id).is_(None), 1), else_=0))
+    statement = (
+        sql_select(workflow, func.count().label("artifacts"), missing.label("missing"))
+        .select_from(Artifact)
+        .group_by(workflow)
+        .order_by(func.count().desc(), workflow)
+    )
+    return [
+        WorkflowLineage(name, int(total), int(absent or 0))
+        for name, total, absent in session.execute(statement)
+    ]
+
+
 def count_missing_lineage(session: Session) -> int:
     """How many artifacts still lack a run id or experiment id."""
     statement = select(func.count()).select_from(Artifact).where(missing_lineage_expr())

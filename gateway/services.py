@@ -32,6 +32,7 @@ from gateway.mlflow_backend import make_backend
 from gateway.models import Artifact
 from gateway.observability import Metrics
 from gateway.rows import snapshot_of
+from gateway.runs import RunCatalog
 from gateway.settings import Settings
 from gateway.sharedstore import SharedStore
 from gateway.snapshots import SnapshotSummary, summarize_metadata_text, summarize_snapshot
@@ -63,6 +64,8 @@ class Services:
     parser: WorkerPool
     # Recent answers to reads, served again for GATEWAY_ANSWER_CACHE_S.
     answers: AnswerCache
+    # Run details and workflow runs, cached, fetched through the resolver.
+    runs: RunCatalog
     # Redis shared by replicas (GATEWAY_REDIS_URL), None when unset.
     shared: SharedStore | None = None
 
@@ -98,6 +101,7 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
             cpu_limiter=cpu_limiter,
             parser=parser,
             answers=AnswerCache(ttl_s=settings.answer_cache_s),
+            runs=RunCatalog(resolver, ui_url=settings.mlflow_ui_base),
             shared=shared,
         )
     finally:

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     lineage_miss_ttl_s: float = Field(
         default=30.0, ge=0, validation_alias="GATEWAY_LINEAGE_MISS_TTL_S"
     )
+    # The per-workflow missing-lineage gauge: how often it is counted, and how many workflows
+    # (the largest) get a label of their own; the rest are summed as `other`.
+    lineage_gauge_interval_s: float = Field(
+        default=60.0, gt=0, le=86_400, validation_alias="GATEWAY_LINEAGE_GAUGE_INTERVAL_S"
+    )
+    lineage_gauge_workflows: int = Field(
+        default=20, ge=0, le=500, validation_alias="GATEWAY_LINEAGE_GAUGE_WORKFLOWS"
+    )
     mlflow_breaker_threshold: int = Field(
         default=5, ge=1, validation_alias="GATEWAY_MLFLOW_BREAKER_THRESHOLD"
     )

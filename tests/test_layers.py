@@ -29,10 +29,12 @@ LAYERS: dict[str, int] = {
     "gateway.minio_urls": 1,
     "gateway.objectstore": 1,
     "gateway.mlflow_backend": 1,
+    "gateway.mlflow_runs": 1,
     "gateway.sharedstore": 1,
     # domain
     "gateway.breaker": 2,
     "gateway.lineage": 2,
+    "gateway.runs": 2,
     "gateway.bytecache": 2,
     "gateway.sharedflight": 2,
     "gateway.workers": 2,
@@ -45,6 +47,7 @@ LAYERS: dict[str, int] = {
     # services
     "gateway.answers": 2,
     "gateway.services": 3,
+    "gateway.run_graph": 3,
     # delivery
     "gateway.problems": 4,
     "gateway.deadline": 4,

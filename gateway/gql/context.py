@@ -15,6 +15,7 @@ from gateway import repository
 from gateway.errors import ResponseTooLargeError
 from gateway.models import Artifact
 from gateway.repository import Listed
+from gateway.run_graph import RequestRuns
 from gateway.services import (
     RequestLineage,
     Services,
@@ -50,8 +51,11 @@ class Context:
     _summaries: dict[int, asyncio.Future[SnapshotSummary | None]] = field(default_factory=dict)
     _metadata_chars: int = 0
     _metadata_texts: DataLoader[int, str | None] = field(init=False)
+    # This request's run details, batched.
+    runs: RequestRuns = field(init=False)
 
     def __post_init__(self) -> None:
+        self.runs = RequestRuns(self.services.runs)
         self._metadata_texts = DataLoader(
             load_fn=_batched(self.services, repository.metadata_texts), max_batch_size=TEXT_BATCH
         )

@@ -6,10 +6,11 @@ Depth, alias and token limits bound the document; these bound the work it asks f
 - cost: each field that reads or computes something has a price, multiplied by the page size
   (`first`) of every list above it, and by its aliases (each alias is one more selection).
 
-The prices (README, "Limits"): a row 1, `lineage`/`runId`/`experimentId` 1 (MLflow, batched),
-`chartData` 2, `metadata` 5 (it carries the snapshot), `snapshotBars`/`snapshotRange` 20 (a
-snapshot parse), `repairLineage` 100; everything else 0. `artifacts` multiplies what it
-selects by its `first` (default 50, at most 100).
+The prices (README, "Limits"): a row 1, `lineage`/`runId`/`experimentId`/`run` 1 (MLflow,
+batched), `chartData` 2, `metadata` 5 (it carries the snapshot), `snapshotBars`/`snapshotRange`
+20 (a snapshot parse), `workflow` 2 (two counts), `runs` 5 (a search), `repairLineage` 100;
+everything else 0. Every `artifacts` connection (the list, a run's, a workflow's) costs 5 to
+walk and multiplies what it selects by its `first` (default 50, at most 100).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ FIELD_COST: dict[str, int] = {
     "lineage": 1,
     "runId": 1,
     "experimentId": 1,
+    "run": 1,
+    "workflow": 2,
+    "runs": 5,
+    "artifacts": 5,
     "chartData": 2,
     "metadata": 5,
     "snapshotBars": 20,

@@ -27,16 +27,18 @@ from gateway.errors import GatewayError, InvalidInputError, NotFoundError, Unaut
 from gateway.gql.answers import KeptAnswers
 from gateway.gql.context import Context
 from gateway.gql.cost import count_selections, operation_cost
-from gateway.gql.cursors import decode_cursor, encode_cursor
+from gateway.gql.cursors import decode_cursor
+from gateway.gql.runs import Run, Workflow, run_from_view
 from gateway.gql.selection import needs_json
 from gateway.gql.types import (
     Artifact,
     ArtifactConnection,
-    ArtifactEdge,
     ArtifactKind,
-    PageInfo,
     artifact_from_row,
+    check_page_size,
+    connection_of,
 )
+from gateway.run_graph import check_workflow_id, workflow_counts
 from gateway.services import check_artifact_id, load_listed_artifact
 
 MAX_DEPTH = 10
@@ -48,7 +50,6 @@ DEFAULT_MAX_QUERY_COST = 1000
 # Normalised documents remembered as valid, per schema.
 VALID_DOCUMENTS_CACHED = 512
 DEFAULT_PAGE = 50
-MAX_PAGE = 100
 MAX_REPAIR_IDS = 1000
 DEFAULT_REPAIR_LIMIT = 1000
 MAX_REPAIR_LIMIT = 10_000
@@ -78,8 +79,7 @@ class Query:
         workflow_id: str | None = None,
         missing_lineage: bool | None = None,
     ) -> ArtifactConnection:
-        if not 1 <= first <= MAX_PAGE:
-            raise InvalidInputError(f"first must be between 1 and {MAX_PAGE}")
+        check_page_size(first)
         after_id = decode_cursor(after) if after is not None else None
         page = await repository.run_in_session(
             info.context.services.engine,
@@ -93,19 +93,24 @@ class Query:
             # A page of names and ids reads no JSON column at all.
             with_json=needs_json(info.selected_fields),
         )
-        edges = [
-            ArtifactEdge(
-                cursor=encode_cursor(row.id), node=artifact_from_row(row, page.listing_of(row))
-            )
-            for row in page.items
-            if row.id is not None
-        ]
-        return ArtifactConnection(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None
-            ),
-        )
+        return connection_of(page)
+
+    @strawberry.field(
+        description="An MLflow run by id; null when MLflow has no such run, an error when "
+        "MLflow cannot be asked."
+    )
+    async def run(self, info: Info[Context, None], id: str) -> Run | None:
+        view = await info.context.runs.by_id(id)
+        return run_from_view(view) if view is not None else None
+
+    @strawberry.field(
+        description="A workflow by id; null when no artifact in the table belongs to it."
+    )
+    async def workflow(self, info: Info[Context, None], id: str) -> Workflow | None:
+        counts = await workflow_counts(info.context.services, check_workflow_id(id))
+        if counts.artifacts == 0:
+            return None
+        return Workflow(id=id, counts=counts)
 
 
 RepairOutcomeEnum = strawberry.enum(repair.RepairOutcome, name="RepairOutcome")

@@ -5,17 +5,18 @@ from __future__ import annotations
 import dataclasses
 import enum
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
 
 from gateway import models
-from gateway.errors import UnreadableValueError
+from gateway.errors import InvalidInputError, UnreadableValueError
 from gateway.gql.context import Context
+from gateway.gql.cursors import encode_cursor
 from gateway.lineage import LineageSource, LineageStatus, lineage_view
 from gateway.minio_urls import ObjectLocation, UrlRefusal, parse_minio_url
-from gateway.repository import Listed
+from gateway.repository import Listed, Page
 from gateway.rows import (
     created_at_of,
     effective_workflow_id,
@@ -27,6 +28,11 @@ from gateway.rows import (
 )
 from gateway.settings import Settings
 from gateway.snapshots import SnapshotSummary
+
+if TYPE_CHECKING:
+    from gateway.gql.runs import Run
+
+MAX_PAGE = 100
 
 
 @strawberry.enum(description="What an artifact holds.")
@@ -178,6 +184,18 @@ class Artifact:
         )
         return Lineage(**dataclasses.asdict(view))  # the same fields, by construction
 
+    @strawberry.field(
+        description="The resolved MLflow run in full (stored or hydrated); null otherwise. An "
+        "error on this field when MLflow cannot be asked."
+    )
+    async def run(
+        self, info: strawberry.Info[Context, None]
+    ) -> Annotated[Run, strawberry.lazy("gateway.gql.runs")] | None:
+        from gateway.gql.runs import run_from_view  # the two modules refer to each other
+
+        view = await info.context.runs.of_lineage(await info.context.lineage.of(self.row))
+        return run_from_view(view) if view is not None else None
+
 
 def _readable(value: Any, column: str) -> JSON | None:
     readable, problem = json_field(value)
@@ -219,3 +237,26 @@ class PageInfo:
 class ArtifactConnection:
     edges: list[ArtifactEdge]
     page_info: PageInfo
+
+
+def check_page_size(first: int) -> None:
+    """A connection's `first`: 1 to MAX_PAGE."""
+    if not 1 <= first <= MAX_PAGE:
+        raise InvalidInputError(f"first must be between 1 and {MAX_PAGE}")
+
+
+def connection_of(page: Page) -> ArtifactConnection:
+    """The Relay connection of one page of rows."""
+    edges = [
+        ArtifactEdge(
+            cursor=encode_cursor(row.id), node=artifact_from_row(row, page.listing_of(row))
+        )
+        for row in page.items
+        if row.id is not None
+    ]
+    return ArtifactConnection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None
+        ),
+    )

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 
 from gateway.lineage import LineageResolver, LineageStatus
-from gateway.mlflow_backend import RunRef, SearchBackend
+from gateway.mlflow_backend import SearchBackend
+from gateway.mlflow_runs import Experiment, RunRecord
 from gateway.models import Artifact
 from gateway.observability import Metrics
 from tests.servers import GatewayProcess
@@ -78,10 +79,10 @@ class SlowToOpenBackend(SearchBackend):
         await asyncio.sleep(self.open_s)
         self.opened = True
 
-    async def experiment_ids(self) -> list[str]:
+    async def experiments(self) -> list[Experiment]:
         if not self.opened:
             await asyncio.sleep(self.open_s)  # a lookup racing the opening pays for it too
-        return ["1"]
+        return [Experiment("1", "Default")]
 
     async def search(
         self,
@@ -90,8 +91,8 @@ class SlowToOpenBackend(SearchBackend):
         *,
         max_results: int,
         order_by: list[str] | None = None,
-    ) -> list[RunRef]:
-        return [RunRef("r1", "1")]
+    ) -> list[RunRecord]:
+        return [RunRecord("r1", "1")]
 
 
 def legacy_row() -> Artifact:

@@ -520,14 +520,26 @@ class LineageResolver:
         The newest is the workflow's latest run: lineage keeps it as this workflow's outcome.
         """
         await self.until_warm()
-        async with asyncio.timeout(self.timeout_s * 2):
-            experiments = await self._experiment_ids()
-            runs = await self._call(
+        started = time.monotonic()
+
+        async def search(experiments: list[str]) -> list[RunRecord]:
+            return await self._call(
                 "search_runs_by_workflow",
                 lambda: self.backend.workflow_runs(
                     workflow_id, experiments, max_results=WORKFLOW_RUNS_MAX
                 ),
             )
+
+        async with asyncio.timeout(self.timeout_s * 2):
+            experiments = await self._experiment_ids()
+            listed_at = self._experiments[0] if self._experiments is not None else started
+            runs = await search(experiments)
+            if not runs and listed_at < started:
+                # As in `_fetch`: the list may predate the experiment holding the runs.
+                current = await self._experiment_ids(listed_since=started)
+                added = [e for e in current if e not in set(experiments)]
+                if added:
+                    runs = await search(added)
         self._saw(runs)
         self._keep(("workflow", workflow_id), ref_of(runs[0]) if runs else None)
         return runs

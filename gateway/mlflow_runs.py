@@ -152,7 +152,7 @@ def _record(
         run_id=run_id,
         experiment_id=experiment_id,
         name=run_name or None,
-        status=status if status in RUN_STATUSES else None,
+        status=status if isinstance(status, str) and status in RUN_STATUSES else None,
         start_time=_epoch_ms(start_time),
         end_time=_epoch_ms(end_time),
         params=tuple(Param(k, v) for k, v in _pairs(params)),

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pandas as pd
 import structlog
@@ -28,6 +28,14 @@ from gateway.lineage import LineageView, lineage_view
 from gateway.models import Artifact, ArtifactType
 from gateway.problems import retry_after, status_of
 from gateway.rows import created_at_of, effective_workflow_id, json_field, meta_dict
+from gateway.run_graph import (
+    RequestRuns,
+    check_run_id,
+    check_workflow_id,
+    run_artifacts,
+    workflow_counts,
+)
+from gateway.runs import RunView
 from gateway.services import (
     RequestLineage,
     Services,
@@ -255,6 +263,137 @@ async def chart_of(services: Services, row: Artifact, source: Source) -> Chart:
     return Chart(row.id, source, image, None)
 
 
+@dataclass(frozen=True)
+class RunPanel:
+    """What the pages show of an MLflow run."""
+
+    run_id: str
+    name: str | None
+    status: str | None
+    start: str
+    end: str
+    experiment_id: str
+    experiment_name: str | None
+    params: list[tuple[str, str]]
+    metrics: list[tuple[str, str, str]]
+    url: str | None
+    page: str
+    workflow_page: str | None
+
+
+def _stamp(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "unknown"
+
+
+def run_page_url(run_id: str) -> str:
+    return f"/ui/runs/{quote(run_id, safe='')}"
+
+
+def workflow_page_url(workflow_id: str) -> str:
+    return f"/ui/workflows/{quote(workflow_id, safe='')}"
+
+
+def run_panel(view: RunView) -> RunPanel:
+    """A run view in the pages' words."""
+    run = view.record
+    return RunPanel(
+        run_id=run.run_id,
+        name=run.name,
+        status=run.status,
+        start=_stamp(run.start_time),
+        end=_stamp(run.end_time) if run.end_time is not None else "not ended",
+        experiment_id=run.experiment_id,
+        experiment_name=view.experiment_name,
+        params=[(p.key, p.value) for p in run.params],
+        metrics=[
+            (
+                m.key,
+                f"{m.value:g}" if m.value is not None else "not a number",
+                str(m.step) if m.step is not None else "—",
+            )
+            for m in run.metrics
+        ],
+        url=view.url,
+        page=run_page_url(run.run_id),
+        workflow_page=workflow_page_url(run.workflow_id) if run.workflow_id else None,
+    )
+
+
+def _rows(services: Services, items: Any, lineages: Any) -> list[Row]:
+    ui_url = services.settings.mlflow_ui_base
+    return [
+        Row(artifact=a, lineage=lineage_view(lin, ui_url=ui_url), created=_when(a))
+        for a, lin in zip(items, lineages, strict=True)
+    ]
+
+
+def _after(request: Request) -> int | None:
+    raw = request.query_params.get("after") or None
+    return parse_artifact_id(raw) if raw is not None else None
+
+
+async def run_detail(request: Request) -> Response:
+    """GET /ui/runs/{run_id}: the run in full and what it produced."""
+    services = services_of(request)
+    try:
+        after = _after(request)
+        view = await RequestRuns(services.runs).by_id(check_run_id(request.path_params["run_id"]))
+        if view is None:
+            raise NotFoundError("MLflow has no run with this id")
+        page = await run_artifacts(services, view.record, first=PAGE_SIZE, after_id=after)
+    except GatewayError as exc:
+        return error_page(request, exc)
+    lineages = await services.resolver.resolve_rows(page.items)
+    return render(
+        request,
+        "run_detail.html",
+        run=run_panel(view),
+        rows=_rows(services, page.items, lineages),
+        after=after,
+        next_after=page.items[-1].id if page.has_next and page.items else None,
+    )
+
+
+async def workflow_detail(request: Request) -> Response:
+    """GET /ui/workflows/{workflow_id}: lineage completeness, the runs, the artifacts."""
+    services = services_of(request)
+    try:
+        after = _after(request)
+        workflow_id = check_workflow_id(request.path_params["workflow_id"])
+        counts = await workflow_counts(services, workflow_id)
+        if counts.artifacts == 0:
+            raise NotFoundError("no artifact in the table belongs to this workflow")
+        page = await repository.run_in_session(
+            services.engine,
+            repository.list_artifacts,
+            first=PAGE_SIZE,
+            after_id=after,
+            workflow_id=workflow_id,
+        )
+    except GatewayError as exc:
+        return error_page(request, exc)
+    runs: list[RunPanel] = []
+    runs_problem = None
+    try:
+        found = await services.runs.workflow_runs(workflow_id)
+        runs = [run_panel(services.runs.view(run)) for run in found]
+    except GatewayError as exc:  # MLflow down: the counts and artifacts still stand
+        runs_problem = str(exc)
+    lineages = await services.resolver.resolve_rows(page.items)
+    return render(
+        request,
+        "workflow_detail.html",
+        workflow_id=workflow_id,
+        counts=counts,
+        runs=runs,
+        runs_problem=runs_problem,
+        rows=_rows(services, page.items, lineages),
+        page=workflow_page_url(workflow_id),
+        after=after,
+        next_after=page.items[-1].id if page.has_next and page.items else None,
+    )
+
+
 async def artifact_detail(request: Request) -> Response:
     """GET /ui/artifacts/{id}: lineage banner, chart, market data, LLM text or signal."""
     services = services_of(request)
@@ -262,9 +401,15 @@ async def artifact_detail(request: Request) -> Response:
         row = await load_artifact(services, request.path_params["artifact_id"])
     except GatewayError as exc:
         return error_page(request, exc)
-    lineage = lineage_view(
-        await RequestLineage(services.resolver).of(row), ui_url=services.settings.mlflow_ui_base
-    )
+    resolved = await RequestLineage(services.resolver).of(row)
+    lineage = lineage_view(resolved, ui_url=services.settings.mlflow_ui_base)
+    run: RunPanel | None = None
+    run_problem = None
+    try:
+        view = await RequestRuns(services.runs).of_lineage(resolved)
+        run = run_panel(view) if view is not None else None
+    except GatewayError as exc:  # MLflow down: the lineage banner already says so
+        run_problem = str(exc)
     chart = market = None
     if row.artifact_type == ArtifactType.CHART:
         chart = await chart_of(services, row, "auto")
@@ -288,6 +433,9 @@ async def artifact_detail(request: Request) -> Response:
         run_url=lineage.run_url,
         experiment_url=lineage.experiment_url,
         workflow_id=effective_workflow_id(row),
+        workflow_page=workflow_page_url(wf) if (wf := effective_workflow_id(row)) else None,
+        run=run,
+        run_problem=run_problem,
     )
 
 
@@ -329,5 +477,7 @@ def ui_routes() -> list[Route | Mount]:
         Route("/ui/artifacts", artifact_list, methods=["GET"]),
         Route("/ui/artifacts/{artifact_id}", artifact_detail, methods=["GET"]),
         Route("/ui/artifacts/{artifact_id}/compare", artifact_compare, methods=["GET"]),
+        Route("/ui/runs/{run_id}", run_detail, methods=["GET"]),
+        Route("/ui/workflows/{workflow_id:path}", workflow_detail, methods=["GET"]),
         Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]

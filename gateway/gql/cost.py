@@ -9,8 +9,8 @@ Depth, alias and token limits bound the document; these bound the work it asks f
 The prices (README, "Limits"): a row 1, `lineage`/`runId`/`experimentId`/`run` 1 (MLflow,
 batched), `chartData` 2, `metadata` 5 (it carries the snapshot), `snapshotBars`/`snapshotRange`
 20 (a snapshot parse), `workflow` 2 (two counts), `runs` 5 (a search), `repairLineage` 100;
-everything else 0. Every `artifacts` connection (the list, a run's, a workflow's) costs 5 to
-walk and multiplies what it selects by its `first` (default 50, at most 100).
+everything else 0. Every `artifacts` connection (the list, a run's, a workflow's) multiplies
+what it selects by its `first` (default 50, at most 100).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ FIELD_COST: dict[str, int] = {
     "run": 1,
     "workflow": 2,
     "runs": 5,
-    "artifacts": 5,
     "chartData": 2,
     "metadata": 5,
     "snapshotBars": 20,

@@ -209,3 +209,70 @@ def test_pages_fit_a_phone_screen(
     finally:
         context.close()
     assert (tmp_path / "phone-detail.png").stat().st_size > 0
+
+
+def test_run_and_workflow_pages_show_the_run_what_it_made_and_lineage_health(
+    site: LiveServer,
+    page: Any,
+    browser: Any,
+    insert: Callable[..., int],
+    mlflow: MlflowClient,
+    experiment: str,
+    tmp_path: Path,
+) -> None:
+    wf = "wf-browser-runs"
+    run = mlflow.create_run(experiment, tags={"workflow_id": wf}, run_name="nightly <b>fit</b>")
+    run_id = str(run.info.run_id)
+    mlflow.log_param(run_id, "window", "20")
+    mlflow.log_metric(run_id, "sharpe", 1.75, step=3)
+    mlflow.set_terminated(run_id)
+    chart = insert(
+        name="legacy chart",
+        symbol="AAPL",
+        workflow_id=wf,
+        meta={"market_data_snapshot": random_walk_bars(60, seed=4)},
+    )
+    insert(
+        name="stored signal",
+        artifact_type="signal",
+        workflow_id=wf,
+        run_id=run_id,
+        experiment_id=experiment,
+    )
+
+    page.goto(f"{site.url}/ui/artifacts/{chart}")
+    assert page.locator("#run-name").inner_text() == "nightly <b>fit</b>"  # text, not markup
+    assert page.locator("#run-status").inner_text() == "FINISHED"
+    params = page.locator("#run-params tbody tr")
+    assert params.all_inner_texts() == ["window\t20"]
+    assert page.locator("#run-metrics tbody tr").all_inner_texts() == ["sharpe\t1.75\t3"]
+    assert contrast_problems(page, "#run dt, #run dd, #run td, #run th, #run a") == []
+
+    page.get_by_role("link", name="Everything this run produced").click()
+    page.wait_for_url(f"**/ui/runs/{run_id}")
+    produced = page.locator("#produced tbody tr")
+    assert [row.locator("td").nth(1).inner_text() for row in produced.all()] == [
+        "legacy chart",
+        "stored signal",
+    ]
+    page.screenshot(path=tmp_path / "run.png", full_page=True)
+
+    page.get_by_role("link", name="Its workflow").click()
+    page.wait_for_url(f"**/ui/workflows/{wf}")
+    assert page.locator("#artifact-count").inner_text() == "2"
+    assert page.locator("#missing-lineage").inner_text() == "1"
+    assert page.locator("#completeness").inner_text() == "50.0%"
+    assert page.locator("#runs tbody tr").count() == 1
+    assert contrast_problems(page, ".banner dt, .banner dd, td, th, .status") == []
+    page.screenshot(path=tmp_path / "workflow.png", full_page=True)
+
+    context = browser.new_context(java_script_enabled=False, viewport=PHONE)
+    phone = context.new_page()
+    try:
+        for path in (f"/ui/runs/{run_id}", f"/ui/workflows/{wf}", f"/ui/artifacts/{chart}"):
+            phone.goto(f"{site.url}{path}")
+            width = phone.locator("html").evaluate("e => e.scrollWidth")
+            assert width <= PHONE["width"], f"{path} is {width} px wide"
+    finally:
+        context.close()
+    assert (tmp_path / "run.png").read_bytes().startswith(b"\x89PNG")

@@ -324,3 +324,52 @@ def test_mlflow_down_fails_only_the_run_fields_with_a_code_and_no_500(
     # Each lookup is bounded by the MLflow budget (twice the timeout per batch); the waves
     # are few: far less than a hung worker.
     assert elapsed < 4 * (2 * 0.5) + 3, elapsed
+
+
+def gauge_samples(client: TestClient) -> dict[str, float]:
+    text = client.get("/metrics").text
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("gateway_workflow_missing_lineage{"):
+            labels, value = line.rsplit(" ", 1)
+            samples[labels.split('"')[1]] = float(value)
+    return samples
+
+
+def test_the_missing_lineage_gauge_counts_the_largest_workflows_and_the_rest_as_other(
+    settings: Settings, insert: Callable[..., int]
+) -> None:
+    for i in range(5):
+        insert(name=f"big {i}", workflow_id="wf-big", run_id=None if i < 3 else "r" * 32)
+    for i in range(3):
+        insert(name=f"mid {i}", meta={"workflow_id": "wf-mid"})
+    insert(name="small", workflow_id="wf-small")
+    insert(name="no workflow")
+    app = create_app(
+        lineage_settings(settings, settings.mlflow_tracking_uri, lineage_gauge_workflows=2)
+    )
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        deadline = time.monotonic() + 30
+        while not (samples := gauge_samples(test_client)):
+            assert time.monotonic() < deadline, "the gauge was never set"
+            time.sleep(0.05)
+    assert samples == {"wf-big": 3, "wf-mid": 3, "other": 2}
+
+
+def test_a_workflows_runs_in_an_experiment_created_after_the_listing_are_found(
+    client: TestClient, mlflow: MlflowClient, insert: Callable[..., int]
+) -> None:
+    gql(client, "{ artifacts(first: 1) { edges { node { id } } } }")  # the app has listed
+    late = str(mlflow.create_experiment(f"late-{uuid.uuid4().hex[:8]}"))
+    wf = f"wf-{uuid.uuid4().hex[:8]}"
+    run_id = logged_run(mlflow, late, workflow_id=wf, start_ms=T0)
+    artifact = insert(name="legacy", workflow_id=wf)
+    data = gql(
+        client,
+        "query($wf: String!, $a: Int!) { workflow(id: $wf) { runs { id experimentId } } "
+        "artifact(id: $a) { lineage { status } run { id } } }",
+        wf=wf,
+        a=artifact,
+    )
+    assert data["workflow"]["runs"] == [{"id": run_id, "experimentId": late}]
+    assert data["artifact"] == {"lineage": {"status": "HYDRATED"}, "run": {"id": run_id}}

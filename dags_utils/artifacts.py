@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from chartkit import load_snapshot
 from dags_utils.mlflow_runs import capture_lineage
-from gateway import repository
+from gateway import repository, tracing
 from gateway.models import Artifact, ArtifactType
 from gateway.strictjson import storable_problem
 
@@ -54,28 +54,35 @@ def _store(
     experiment_id: str | None,
     tracking_uri: str | None,
 ) -> int:
-    require_storable(name, chart_data=chart_data, metadata=metadata)
-    lineage = capture_lineage(run_id=run_id, experiment_id=experiment_id, tracking_uri=tracking_uri)
-    row = Artifact(
-        name=name,
-        artifact_type=kind.value,
-        symbol=symbol,
-        workflow_id=workflow_id,
-        run_id=lineage.run_id,
-        experiment_id=lineage.experiment_id,
-        chart_data=chart_data,
-        meta=metadata,
-    )
-    artifact_id = _persist(db, row)
-    log.info(
-        "artifact.stored",
-        artifact_id=artifact_id,
-        artifact_type=kind.value,
-        workflow_id=workflow_id,
-        run_id=lineage.run_id,
-        experiment_id=lineage.experiment_id,
-        lineage_source=lineage.source,
-    )
+    # A child of whatever span the calling task has (an Airflow task's, when it traces).
+    with tracing.span(
+        "dags_utils.store_artifact", **{"artifact.type": kind.value, "workflow.id": workflow_id}
+    ):
+        require_storable(name, chart_data=chart_data, metadata=metadata)
+        lineage = capture_lineage(
+            run_id=run_id, experiment_id=experiment_id, tracking_uri=tracking_uri
+        )
+        row = Artifact(
+            name=name,
+            artifact_type=kind.value,
+            symbol=symbol,
+            workflow_id=workflow_id,
+            run_id=lineage.run_id,
+            experiment_id=lineage.experiment_id,
+            chart_data=chart_data,
+            meta=metadata,
+        )
+        artifact_id = _persist(db, row)
+        log.info(
+            "artifact.stored",
+            artifact_id=artifact_id,
+            artifact_type=kind.value,
+            workflow_id=workflow_id,
+            run_id=lineage.run_id,
+            experiment_id=lineage.experiment_id,
+            lineage_source=lineage.source,
+        )
+        tracing.set_attributes(**{"artifact.id": artifact_id})
     return artifact_id
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 import chartkit
 from chartkit import ChartSpec, render_chart
 from dags_utils.artifacts import require_storable, store_chart_artifact
+from gateway import tracing
 
 log = structlog.get_logger("dags_utils")
 
@@ -85,9 +86,46 @@ def publish_chart(
     used = spec if spec is not None else ChartSpec()
     if used.symbol is None:
         used = ChartSpec.from_dict({**used.to_dict(), "symbol": symbol})
-    png = render_chart(snapshot, used)
-    key = chart_object_key(symbol=symbol, workflow_id=workflow_id, name=name)
-    digest = _upload(minio_client, bucket, key, png)
+    with tracing.span("dags_utils.publish_chart", **{"workflow.id": workflow_id}):
+        with tracing.span("chart.render"):
+            png = render_chart(snapshot, used)
+        key = chart_object_key(symbol=symbol, workflow_id=workflow_id, name=name)
+        with tracing.span("minio.put_object", **{"minio.bucket": bucket}):
+            digest = _upload(minio_client, bucket, key, png)
+        return _store_published(
+            engine,
+            name=name,
+            symbol=symbol,
+            workflow_id=workflow_id,
+            snapshot=snapshot,
+            spec=used,
+            bucket=bucket,
+            key=key,
+            png=png,
+            digest=digest,
+            run_id=run_id,
+            experiment_id=experiment_id,
+            tracking_uri=tracking_uri,
+        )
+
+
+def _store_published(
+    engine: Engine,
+    *,
+    name: str,
+    symbol: str,
+    workflow_id: str,
+    snapshot: Any,
+    spec: ChartSpec,
+    bucket: str,
+    key: str,
+    png: bytes,
+    digest: str,
+    run_id: str | None,
+    experiment_id: str | None,
+    tracking_uri: str | None,
+) -> int:
+    used = spec
     minio_url = f"s3://{bucket}/{key}"
     log.info("chart.uploaded", bucket=bucket, key=key, bytes=len(png), workflow_id=workflow_id)
     artifact_id = store_chart_artifact(

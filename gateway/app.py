@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.instrumentation.starlette import StarletteInstrumentor
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Route
 
+from gateway import tracing
 from gateway.deadline import RequestDeadlineMiddleware
 from gateway.errors import GatewayError
 from gateway.gql.view import graphql_app
@@ -34,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """Build the gateway; every client and engine is created in the lifespan, none at import."""
     settings = settings if settings is not None else Settings()
     configure_logging(log_format=settings.log_format, level=settings.log_level)
+    traced = tracing.configure()
     metrics_ = Metrics()
 
     @asynccontextmanager
@@ -45,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(
         debug=False,
-        routes=_routes(settings),
+        routes=_routes(settings, traced=traced),
         middleware=_middleware(settings, metrics_),
         exception_handlers={GatewayError: gateway_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,
@@ -54,12 +58,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # No trailing-slash redirects: Starlette builds them from the request's Host header (an
     # open redirect), and no client of this API needs them; `/api/artifacts/5/` is a 404.
     app.router.redirect_slashes = False
+    if traced:
+        # Outermost: the server span (named by route template) holds every log line and span
+        # of the request, and an incoming `traceparent` makes it a child of the caller's span.
+        StarletteInstrumentor.instrument_app(app)
+        for middleware in app.user_middleware:
+            if getattr(middleware, "cls", None) is OpenTelemetryMiddleware:
+                # No span per ASGI message: two per request, and the deadline watcher's
+                # `receive` would last the whole request.
+                middleware.kwargs["exclude_spans"] = ["receive", "send"]
     return app
 
 
-def _routes(settings: Settings) -> list[BaseRoute]:
+def _routes(settings: Settings, *, traced: bool) -> list[BaseRoute]:
     return [
-        Route("/graphql", graphql_app(settings), methods=["GET", "POST"]),
+        Route("/graphql", graphql_app(settings, traced=traced), methods=["GET", "POST"]),
         Route("/api/artifacts/{artifact_id}", get_artifact, methods=["GET"]),
         Route("/api/artifacts/{artifact_id}/image", artifact_image, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),

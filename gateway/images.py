@@ -27,6 +27,7 @@ from cachetools import LRUCache, TTLCache
 
 import chartkit
 from chartkit import ChartSpec, SnapshotError, count_bars
+from gateway import tracing
 from gateway.bytecache import ByteCache, SingleFlight
 from gateway.errors import (
     GatewayError,
@@ -212,7 +213,9 @@ class ImageService:
         snapshot is then read only to draw or hash it, never for a cached chart.
         """
         assert row.id is not None
+        tracing.set_attributes(**{"artifact.id": row.id, "chart.requested_source": source})
         image = await self._image(row, source=source, listing=listing, whole=whole)
+        tracing.set_attributes(**{"chart.source": image.source, "chart.cache_hit": image.cache_hit})
         # Remembered without its bytes (those stay in the byte-bounded cache only).
         self._served[(row.id, source)] = dataclasses.replace(image, data=b"")
         return image
@@ -247,6 +250,7 @@ class ImageService:
                 raise NotFoundError(f"stored chart unavailable ({reason}): {detail}")
             self.metrics.chart_fallbacks.labels(reason).inc()
             log.info("chart.fallback", artifact_id=row.id, reason=reason, detail=detail)
+            tracing.set_attributes(**{"chart.fallback_reason": reason})
         return await self._regenerate(
             row,
             fallback_reason=None if source == "regenerated" else reason,

@@ -24,6 +24,7 @@ from typing import Any, TypeAlias, TypeVar
 import structlog
 from cachetools import TLRUCache
 
+from gateway import tracing
 from gateway.breaker import CircuitBreaker, CircuitOpenError
 from gateway.bytecache import SingleFlight
 from gateway.mlflow_backend import (
@@ -220,6 +221,9 @@ class LineageResolver:
         return self._hit_ttl if outcome is not None else self._miss_ttl
 
     async def _call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+        # Span names say what MLflow was asked (`mlflow.search_runs`); how, as an attribute.
+        name, _, how = operation.partition("_by_")
+
         async def timed() -> T:
             async with self._semaphore:
                 started = time.perf_counter()
@@ -238,12 +242,15 @@ class LineageResolver:
                         time.perf_counter() - started
                     )
 
-        try:
-            return await self.breaker.call(timed)
-        except (MlflowUnavailableError, TimeoutError) as exc:
-            reason = "timeout" if isinstance(exc, TimeoutError) else str(exc)
-            log.warning("lineage.mlflow_error", operation=operation, error=reason)
-            raise
+        with tracing.span(f"mlflow.{name}", **{"mlflow.search_by": how or None}):
+            try:
+                return await self.breaker.call(timed)
+            except (MlflowUnavailableError, TimeoutError, CircuitOpenError) as exc:
+                reason = "timeout" if isinstance(exc, TimeoutError) else str(exc)
+                tracing.mark_error(reason)
+                if not isinstance(exc, CircuitOpenError):
+                    log.warning("lineage.mlflow_error", operation=operation, error=reason)
+                raise
 
     async def _experiment_ids(self, *, listed_since: float | None = None) -> list[str]:
         """The experiment ids: the list read within EXPERIMENTS_TTL_S (and, with
@@ -551,11 +558,25 @@ class LineageResolver:
         gateway's own start-up, not an MLflow outage.
         """
         await self.until_warm()
-        try:
-            async with asyncio.timeout(self.timeout_s * 2):
-                return await self.lookup(keys)
-        except TimeoutError:
-            return [Unavailable("MLflow did not answer in time")] * len(keys)
+        with tracing.span("lineage.resolve", **{"lineage.batch_size": len(keys)}) as current:
+            try:
+                async with asyncio.timeout(self.timeout_s * 2):
+                    outcomes = await self.lookup(keys)
+            except TimeoutError:
+                outcomes = [Unavailable("MLflow did not answer in time")] * len(keys)
+            if current.is_recording():
+                found = sum(isinstance(o, RunRef) for o in outcomes)
+                failed = sum(isinstance(o, Unavailable) for o in outcomes)
+                current.set_attributes(
+                    {
+                        "lineage.found": found,
+                        "lineage.not_found": len(outcomes) - found - failed,
+                        "lineage.unavailable": failed,
+                    }
+                )
+                if failed:
+                    tracing.mark_error("MLflow could not answer every lookup")
+            return outcomes
 
     async def resolve_rows(self, rows: Sequence[Artifact]) -> list[Lineage]:
         """Lineage of many rows, in rounds: each round looks up every row's next key at once."""

@@ -129,13 +129,18 @@ class SearchBackend:
 class RestBackend(SearchBackend):
     """MLflow's REST API over httpx: one pooled async client, per-call timeouts, no retries."""
 
-    def __init__(self, tracking_uri: str, *, timeout_s: float) -> None:
+    def __init__(self, tracking_uri: str, *, timeout_s: float, traced: bool = False) -> None:
         self._client = httpx.AsyncClient(
             base_url=tracking_uri.rstrip("/"),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 1.0)),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
             headers={"user-agent": "artifact-lineage-gateway"},
         )
+        if traced:
+            # An HTTP client span per call, and the W3C `traceparent` sent to MLflow.
+            from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+            HTTPXClientInstrumentor.instrument_client(self._client)
 
     async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -248,8 +253,8 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def make_backend(tracking_uri: str, *, timeout_s: float) -> SearchBackend:
+def make_backend(tracking_uri: str, *, timeout_s: float, traced: bool = False) -> SearchBackend:
     """REST for http(s) tracking URIs, the local store client for everything else."""
     if tracking_uri.startswith(("http://", "https://")):
-        return RestBackend(tracking_uri, timeout_s=timeout_s)
+        return RestBackend(tracking_uri, timeout_s=timeout_s, traced=traced)
     return LocalStoreBackend(tracking_uri)

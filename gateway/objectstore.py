@@ -22,6 +22,7 @@ from minio.error import S3Error
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from gateway import tracing
 from gateway.minio_urls import ObjectLocation
 from gateway.settings import Settings
 
@@ -218,18 +219,24 @@ class ObjectReader:
 
     async def etag(self, location: ObjectLocation) -> str | FetchFailure:
         """The object's ETag (a `stat`, no body), or why not."""
-        result: str | FetchFailure = await self._run(object_etag, self.client, location)
+        with tracing.span("minio.stat_object", **{"minio.bucket": location.bucket}):
+            result: str | FetchFailure = await self._run(object_etag, self.client, location)
+            if isinstance(result, FetchFailure):
+                tracing.mark_error(result.reason)
         return result
 
     async def read_png(self, location: ObjectLocation) -> FetchedObject | FetchFailure:
         """The object's bytes, checked to be a PNG within the size cap, or why not."""
-        result: FetchedObject | FetchFailure = await self._run(
-            fetch_png,
-            self.client,
-            location,
-            max_bytes=self._max_bytes,
-            deadline_s=self._deadline_s,
-        )
+        with tracing.span("minio.get_object", **{"minio.bucket": location.bucket}):
+            result: FetchedObject | FetchFailure = await self._run(
+                fetch_png,
+                self.client,
+                location,
+                max_bytes=self._max_bytes,
+                deadline_s=self._deadline_s,
+            )
+            if isinstance(result, FetchFailure):
+                tracing.mark_error(result.reason)
         return result
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -9,13 +9,13 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import strictjson
+from gateway import strictjson, tracing
 
 REQUEST_ID_HEADER = "x-request-id"
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -26,6 +26,17 @@ log = structlog.get_logger("gateway")
 
 # Loggers of libraries that print while serving; they are routed through structlog too.
 _FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "mlflow")
+
+
+def add_trace_ids(
+    _logger: Any, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """`trace_id` and `span_id` (hex) on every line written inside a traced span."""
+    ids = tracing.trace_ids()
+    if ids is not None:
+        event_dict.setdefault("trace_id", ids[0])
+        event_dict.setdefault("span_id", ids[1])
+    return event_dict
 
 
 def configure_logging(
@@ -46,6 +57,7 @@ def configure_logging(
     out = stream or sys.stdout
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -14,6 +14,7 @@ from typing import Any
 
 import chartkit
 from chartkit import ChartSpec
+from gateway import tracing
 from gateway.errors import OverloadedError, RenderTimeoutError
 from gateway.observability import Metrics
 from gateway.settings import Settings
@@ -37,8 +38,16 @@ class Renderer:
             raise OverloadedError("too many charts are being rendered; retry shortly")
         async with self._slots:
             started = time.perf_counter()
+            # The trace context goes with the job: the worker's `chart.render` span is a child
+            # of this request's span (nothing is added when tracing is off).
             job = self._pool.run(
-                chartkit.render_chart, snapshot, spec, max_snapshot_bars=self.max_snapshot_bars
+                tracing.traced_job,
+                tracing.carrier(),
+                "chart.render",
+                chartkit.render_chart,
+                snapshot,
+                spec,
+                max_snapshot_bars=self.max_snapshot_bars,
             )
             try:
                 # On timeout wait_for cancels the job, which terminates its worker.

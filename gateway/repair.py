@@ -10,7 +10,7 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from gateway import repository
+from gateway import repository, tracing
 from gateway.lineage import Lineage, LineageResolver, LineageStatus
 from gateway.models import Artifact
 
@@ -141,6 +141,15 @@ async def repair_lineage(
 
 
 async def _repair_batch(
+    rows: list[Artifact], *, engine: Engine, resolver: LineageResolver, report: RepairReport
+) -> None:
+    with tracing.span(
+        "repair.batch", **{"repair.rows": len(rows), "repair.dry_run": report.dry_run}
+    ):
+        await _repair_rows(rows, engine=engine, resolver=resolver, report=report)
+
+
+async def _repair_rows(
     rows: list[Artifact], *, engine: Engine, resolver: LineageResolver, report: RepairReport
 ) -> None:
     # Rows the caller named that are already linked are reported, never re-resolved.

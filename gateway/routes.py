@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import repository
+from gateway import repository, tracing
 from gateway.errors import InvalidInputError
 from gateway.images import Source
 from gateway.lineage import Lineage, LineageView, lineage_view
@@ -86,6 +86,7 @@ async def get_artifact(request: Request) -> Response:
         return Response(kept, media_type="application/json")
     row = await load_artifact(services, artifact_id)
     lineage = await RequestLineage(services.resolver).of(row)
+    tracing.set_attributes(**{"artifact.id": artifact_id, "lineage.status": lineage.status.value})
     body = dumps_bytes(artifact_json(row, lineage, ui_url=services.settings.mlflow_ui_base))
     services.answers.keep(key, body)
     return Response(body, media_type="application/json")

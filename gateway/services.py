@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import HTTPConnection
 from strawberry.dataloader import DataLoader
 
-from gateway import repository
+from gateway import repository, tracing
 from gateway.answers import AnswerCache
 from gateway.breaker import CircuitBreaker
 from gateway.db import init_db, make_engine
@@ -74,6 +74,12 @@ class Services:
 async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[Services]:
     """Build the engine, lineage resolver and image service; close them on the way out."""
     engine = make_engine(settings.database_url)
+    if tracing.enabled():
+        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+        # Its declared range stops below SQLAlchemy 2.1, whose event API it uses unchanged
+        # (tests/gateway/test_tracing.py checks the query spans). Once per process.
+        SQLAlchemyInstrumentor().instrument(engine=engine, skip_dep_check=True)
     try:
         await anyio.to_thread.run_sync(init_db, engine)
     except SQLAlchemyError as exc:
@@ -138,7 +144,11 @@ def build_resolver(
 ) -> LineageResolver:
     """The process-wide lineage resolver configured from settings."""
     return LineageResolver(
-        make_backend(settings.mlflow_tracking_uri, timeout_s=settings.mlflow_timeout_s),
+        make_backend(
+            settings.mlflow_tracking_uri,
+            timeout_s=settings.mlflow_timeout_s,
+            traced=tracing.enabled(),
+        ),
         metrics=metrics,
         timeout_s=settings.mlflow_timeout_s,
         concurrency=settings.mlflow_concurrency,

@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 from pebble import ProcessPool
 
+from gateway import tracing
+
 T = TypeVar("T")
 # Imported once by the forkserver; every worker forked from it starts with them loaded.
 # A worker also re-runs the serving process's main script (multiprocessing's spawn rule): for
@@ -41,10 +43,12 @@ PRELOAD = ["chartkit", "gateway.snapshots", "gateway.cli"]
 WORKER_NICENESS = 10
 
 
-def _lower_priority(niceness: int) -> None:
+def _start_worker(niceness: int) -> None:
     # Where lowering is not allowed the worker keeps the server's priority, in its own process.
     with contextlib.suppress(OSError):
         os.nice(niceness)
+    # A worker exports its own spans (traced jobs flush before they return).
+    tracing.configure()
 
 
 def _context() -> Any:
@@ -71,7 +75,7 @@ class WorkerPool:
         self.workers = max(workers, 1)
         self._pool = ProcessPool(
             max_workers=self.workers,
-            initializer=_lower_priority,
+            initializer=_start_worker,
             initargs=(niceness,),
             context=_context(),
         )

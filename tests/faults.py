@@ -35,6 +35,8 @@ class RecordingProxy:
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[tuple[str, str, bytes]] = []
         self.targets: list[str] = []
+        # The headers of each request that reached the upstream (lower-case names).
+        self.headers: list[dict[str, str]] = []
         self.delay_s = 0.0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -52,6 +54,7 @@ class RecordingProxy:
         with self._lock:
             self.requests.clear()
             self.targets.clear()
+            self.headers.clear()
 
     def start(self) -> RecordingProxy:
         proxy = self
@@ -81,6 +84,7 @@ class RecordingProxy:
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path.split("?")[0], body))
                     proxy.targets.append(self.path)
+                    proxy.headers.append({k.lower(): v for k, v in self.headers.items()})
                 headers = {
                     k: v
                     for k, v in self.headers.items()

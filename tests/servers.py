@@ -13,6 +13,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +315,100 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """One span as an OTLP exporter sent it (ids in hex, attributes as plain values)."""
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    kind: int
+    status_code: int  # 0 unset, 1 ok, 2 error
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+    start_ns: int = 0
+    end_ns: int = 0
+
+
+def _any_value(value: Any) -> Any:
+    which = value.WhichOneof("value")
+    return getattr(value, which) if which else None
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP (protobuf) trace receiver on loopback: what a collector would get.
+
+    Decodes `ExportTraceServiceRequest` with opentelemetry-proto, as a real collector does.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.spans: list[ReceivedSpan] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def __enter__(self) -> OtlpReceiver:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if self.path != "/v1/traces":
+                    self.send_error(404)
+                    return
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                with receiver._lock:
+                    for resource_spans in request.resource_spans:
+                        resource = {
+                            a.key: _any_value(a.value) for a in resource_spans.resource.attributes
+                        }
+                        for scope_spans in resource_spans.scope_spans:
+                            for span in scope_spans.spans:
+                                receiver.spans.append(
+                                    ReceivedSpan(
+                                        name=span.name,
+                                        trace_id=span.trace_id.hex(),
+                                        span_id=span.span_id.hex(),
+                                        parent_span_id=span.parent_span_id.hex(),
+                                        kind=span.kind,
+                                        status_code=span.status.code,
+                                        attributes={
+                                            a.key: _any_value(a.value) for a in span.attributes
+                                        },
+                                        resource=resource,
+                                        start_ns=span.start_time_unix_nano,
+                                        end_ns=span.end_time_unix_nano,
+                                    )
+                                )
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def in_trace(self, trace_id: str) -> list[ReceivedSpan]:
+        with self._lock:
+            return [span for span in self.spans if span.trace_id == trace_id]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "gateway.errors": 0,
     "gateway.strictjson": 0,
     "gateway.observability": 0,
+    "gateway.tracing": 0,
     # data
     "gateway.models": 1,
     "gateway.db": 1,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable, Iterator
+from inspect import isawaitable
+from typing import Any
 
 import strawberry
 import structlog
@@ -19,6 +21,7 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     SchemaExtension,
 )
+from strawberry.extensions.tracing import OpenTelemetryExtension
 from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext, Info
 
@@ -327,10 +330,28 @@ class QueryBudget(SchemaExtension):
         return None
 
 
+class OperationSpans(OpenTelemetryExtension):
+    """Strawberry's OpenTelemetry extension without a span per resolved field: the operation,
+    parsing and validation spans stay; a page of 100 artifacts would otherwise make hundreds of
+    spans whose time the domain spans (lineage, MLflow, renders, SQL) already show."""
+
+    async def resolve(
+        self, _next: Callable[..., Any], root: Any, info: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        result = _next(root, info, *args, **kwargs)
+        if isawaitable(result):
+            result = await result
+        return result
+
+
 def build_schema(
-    *, production: bool = False, max_query_cost: int = DEFAULT_MAX_QUERY_COST
+    *,
+    production: bool = False,
+    max_query_cost: int = DEFAULT_MAX_QUERY_COST,
+    traced: bool = False,
 ) -> strawberry.Schema:
-    """The schema with its guardrails; production adds error masking and no introspection."""
+    """The schema with its guardrails; production adds error masking and no introspection,
+    `traced` the GraphQL operation spans."""
     # Factories, not instances: strawberry builds fresh extensions for every operation.
     valid_documents: LRUCache[str, bool] = LRUCache(maxsize=VALID_DOCUMENTS_CACHED)
     extensions: list[Callable[[], SchemaExtension]] = [
@@ -341,6 +362,8 @@ def build_schema(
         lambda: QueryBudget(max_cost=max_query_cost, valid_documents=valid_documents),
         KeptAnswers,
     ]
+    if traced:
+        extensions.append(OperationSpans)
     if production:
         extensions += [
             DisableIntrospection,

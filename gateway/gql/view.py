@@ -109,10 +109,13 @@ async def _answer_key(request: Request) -> AnswerKey:
     return ("graphql", digest.digest())
 
 
-def graphql_app(settings: Settings) -> GatewayGraphQL:
-    """The /graphql endpoint: guardrails always, GraphiQL and introspection outside production."""
+def graphql_app(settings: Settings, *, traced: bool = False) -> GatewayGraphQL:
+    """The /graphql endpoint: guardrails always, GraphiQL and introspection outside production;
+    operation spans when `traced`."""
     return GatewayGraphQL(
-        build_schema(production=settings.production, max_query_cost=settings.max_query_cost),
+        build_schema(
+            production=settings.production, max_query_cost=settings.max_query_cost, traced=traced
+        ),
         max_response_bytes=settings.max_response_mb * 1024 * 1024,
         graphql_ide=None if settings.production else "graphiql",
         allow_queries_via_get=True,

@@ -254,3 +254,8 @@ def test_in_process_spans_nest_under_the_request_and_carry_outcomes(tmp_path: Pa
     database = [s for s in spans if root_of(s) is rest_server and "db.system" in s["attributes"]]
     assert database, "no SQL span below the REST request"
     assert not [s for s in spans if s["name"].endswith((" http receive", " http send"))]
+    (task,) = [s for s in spans if s["name"] == "airflow.task"]
+    (store,) = [s for s in spans if s["name"] == "dags_utils.store_artifact"]
+    assert store["parent"] == task["span_id"]
+    assert store["attributes"]["artifact.id"] == result["stored"]
+    assert store["attributes"]["artifact.type"] == "signal"

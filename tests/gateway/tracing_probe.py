@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
+from dags_utils.artifacts import store_signal_artifact
 from gateway.app import create_app
 from gateway.db import init_db, make_engine
 from gateway.models import Artifact
@@ -48,6 +49,13 @@ def main(database_url: str, tracking_uri: str) -> None:
             json={"query": f"{{ artifact(id: {artifact_id}) {{ name lineage {{ status }} }} }}"},
         )
         rest = client.get(f"/api/artifacts/{artifact_id}")
+    # A DAG task that traces: what dags_utils stores is a child of the task's span.
+    engine = make_engine(database_url)
+    with trace.get_tracer("airflow").start_as_current_span("airflow.task"):
+        stored = store_signal_artifact(
+            engine, name="signal", symbol="AAPL", workflow_id="wf-probe", signal="BUY"
+        )
+    engine.dispose()
     provider.force_flush()
     spans = [
         {
@@ -61,7 +69,11 @@ def main(database_url: str, tracking_uri: str) -> None:
         }
         for span in exporter.get_finished_spans()
     ]
-    print(json.dumps({"graphql": graphql.json(), "rest": rest.status_code, "spans": spans}))
+    print(
+        json.dumps(
+            {"graphql": graphql.json(), "rest": rest.status_code, "stored": stored, "spans": spans}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from mlflow.entities import Metric, Param, RunTag
@@ -17,6 +16,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.faults import RecordingProxy
+from tests.gateway.test_lineage import gql
 from tests.servers import free_port
 from tests.support import UI, lineage_settings
 
@@ -33,14 +33,6 @@ def client(settings: Settings, mlflow_proxy: RecordingProxy) -> Iterator[TestCli
     app = create_app(lineage_settings(settings, mlflow_proxy.url))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
-
-
-def gql(client: TestClient, query: str, **variables: Any) -> dict[str, Any]:
-    response = client.post("/graphql", json={"query": query, "variables": variables})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    assert "errors" not in body, body
-    return body["data"]
 
 
 def logged_run(

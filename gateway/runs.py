@@ -19,6 +19,7 @@ from gateway.errors import MlflowUnreachableError
 from gateway.lineage import LOOKUP_FAILURES, LineageResolver, Unavailable, unavailable_of
 from gateway.mlflow_runs import RunRecord, is_mlflow_id
 
+_NOT_KEPT = object()
 # One workflow's runs are few; the details of many runs are kept.
 DETAILS_CACHED = 20_000
 WORKFLOWS_CACHED = 2_000
@@ -78,10 +79,12 @@ class RunCatalog:
         for run_id in dict.fromkeys(run_ids):
             if not is_mlflow_id(run_id):
                 results[run_id] = None  # no run has such an id: nothing to ask
-            elif run_id in self._details:
-                results[run_id] = self._details[run_id]
-            else:
+                continue
+            kept = self._details.get(run_id, _NOT_KEPT)  # one look: an entry can expire
+            if kept is _NOT_KEPT:
                 missing.append(run_id)
+            else:
+                results[run_id] = kept  # type: ignore[assignment]
         if missing:
             outcomes = await self.resolver.fetch_runs(missing)
             for run_id in missing:

@@ -106,6 +106,14 @@ class ServerProcess:
         self.process = None
 
 
+# sitecustomize for the test MLflow servers: see tests/mlflow_site/sitecustomize.py.
+MLFLOW_SITE = Path(__file__).resolve().parent / "mlflow_site"
+
+
+def _pythonpath() -> list[str]:
+    return [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
 class MlflowServer(ServerProcess):
     """A real `mlflow server` subprocess on a free loopback port with a SQLite backend."""
 
@@ -136,6 +144,7 @@ class MlflowServer(ServerProcess):
             stdout=(self.root / "server.log").open("ab"),
             stderr=subprocess.STDOUT,
             cwd=self.root,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(MLFLOW_SITE), *_pythonpath()])},
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s

@@ -11,8 +11,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from gateway import repository, tracing
-from gateway.lineage import Lineage, LineageResolver, LineageStatus
+from gateway.lineage import Lineage, LineageStatus
 from gateway.models import Artifact
+from gateway.resolver import LineageResolver
 
 log = structlog.get_logger("gateway.repair")
 DEFAULT_BATCH = 200

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from cachetools import TLRUCache
 
 from gateway.errors import MlflowUnreachableError
-from gateway.lineage import LOOKUP_FAILURES, LineageResolver, Unavailable, unavailable_of
+from gateway.lineage import Unavailable
 from gateway.mlflow_runs import RunRecord, is_mlflow_id
+from gateway.resolver import LOOKUP_FAILURES, LineageResolver, unavailable_of
 
 _NOT_KEPT = object()
 # One workflow's runs are few; the details of many runs are kept.

@@ -27,10 +27,11 @@ from gateway.breaker import CircuitBreaker
 from gateway.db import init_db, make_engine
 from gateway.errors import InvalidInputError, NotFoundError
 from gateway.images import ImageService
-from gateway.lineage import Key, Lineage, LineageResolver, Outcome, resolve_row
+from gateway.lineage import Key, Lineage, Outcome, resolve_row
 from gateway.mlflow_backend import make_backend
 from gateway.models import Artifact
 from gateway.observability import Metrics
+from gateway.resolver import LineageResolver
 from gateway.rows import snapshot_of
 from gateway.runs import RunCatalog
 from gateway.settings import Settings

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     # domain
     "gateway.breaker": 2,
     "gateway.lineage": 2,
+    "gateway.resolver": 2,
     "gateway.runs": 2,
     "gateway.bytecache": 2,
     "gateway.sharedflight": 2,

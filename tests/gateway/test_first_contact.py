@@ -12,11 +12,12 @@ from pathlib import Path
 
 import httpx
 
-from gateway.lineage import LineageResolver, LineageStatus
+from gateway.lineage import LineageStatus
 from gateway.mlflow_backend import SearchBackend
 from gateway.mlflow_runs import Experiment, RunRecord
 from gateway.models import Artifact
 from gateway.observability import Metrics
+from gateway.resolver import LineageResolver
 from tests.servers import GatewayProcess
 
 

@@ -15,9 +15,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from chartkit import ChartSpec, random_walk_bars, render_chart
-from gateway.lineage import Key, LineageResolver, Outcome, Unavailable
+from gateway.lineage import Key, Outcome, Unavailable
 from gateway.mlflow_backend import RunRef, make_backend
 from gateway.observability import Metrics
+from gateway.resolver import LineageResolver
 from gateway.sharedflight import SharedFlight, SharedWaitTimeout
 from gateway.sharedstore import RETRY_S, SharedStore
 from tests.faults import RecordingProxy, SilentListener

@@ -80,11 +80,12 @@ class RequestRuns:
 
 async def run_artifacts(
     services: Services, run: RunRecord, *, first: int, after_id: int | None
-) -> Page:
+) -> tuple[Page, list[Lineage]]:
     """Artifacts whose lineage is this run, in id order after `after_id` (rows read as lists
-    read them). Candidates come from the table, lineage decides: a workflow's legacy rows
-    belong to its latest run only, and a row storing the run id always belongs to it."""
-    matched: list[tuple[int, Artifact, repository.Listed | None]] = []
+    read them), and each row's lineage (already resolved: callers need not resolve it again).
+    Candidates come from the table, lineage decides: a workflow's legacy rows belong to its
+    latest run only, and a row storing the run id always belongs to it."""
+    matched: list[tuple[Artifact, repository.Listed | None, Lineage]] = []
     cursor = after_id
     while len(matched) <= first:
         page = await repository.run_in_session(
@@ -103,16 +104,16 @@ async def run_artifacts(
                 # Leaving the row out would be a wrong answer, not a degraded one.
                 raise MlflowUnreachableError(lineage.reason or "MLflow unavailable")
             if lineage.run_id == run.run_id and row.id is not None:
-                matched.append((row.id, row, page.listing_of(row)))
+                matched.append((row, page.listing_of(row), lineage))
         if not page.has_next:
             break
         cursor = page.items[-1].id
     kept = matched[:first]
-    return Page(
-        items=[row for _, row, _ in kept],
-        has_next=len(matched) > first,
-        listed={artifact_id: listing for artifact_id, _, listing in kept if listing is not None},
-    )
+    listed = {
+        row.id: listing for row, listing, _ in kept if row.id is not None and listing is not None
+    }
+    page = Page(items=[row for row, _, _ in kept], has_next=len(matched) > first, listed=listed)
+    return page, [lineage for _, _, lineage in kept]
 
 
 @dataclass(frozen=True, slots=True)

@@ -340,10 +340,9 @@ async def run_detail(request: Request) -> Response:
         view = await RequestRuns(services.runs).by_id(check_run_id(request.path_params["run_id"]))
         if view is None:
             raise NotFoundError("MLflow has no run with this id")
-        page = await run_artifacts(services, view.record, first=PAGE_SIZE, after_id=after)
+        page, lineages = await run_artifacts(services, view.record, first=PAGE_SIZE, after_id=after)
     except GatewayError as exc:
         return error_page(request, exc)
-    lineages = await services.resolver.resolve_rows(page.items)
     return render(
         request,
         "run_detail.html",

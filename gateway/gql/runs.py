@@ -65,7 +65,7 @@ class Run:
         after: str | None = None,
     ) -> ArtifactConnection:
         check_page_size(first)
-        page = await run_artifacts(
+        page, _lineages = await run_artifacts(
             info.context.services,
             self.view.record,
             first=first,

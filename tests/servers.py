@@ -309,6 +309,16 @@ class GatewayProcess:
                 time.sleep(0.05)
         raise RuntimeError("gateway serve did not start")
 
+    def wait_until_ready(self, timeout_s: float = 120) -> None:
+        """Until /readyz says ready: listening, and lineage's MLflow warm-up is over (it burns
+        CPU and sends MLflow requests of its own)."""
+        self.wait_until_listening(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while httpx.get(f"{self.url}/readyz", timeout=10).status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway serve never became ready")
+            time.sleep(0.05)
+
     def output_lines(self) -> list[str]:
         """Every line the process wrote, stdout then stderr."""
         return [

@@ -52,6 +52,29 @@ def tree_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def render_pool_cpu_seconds() -> float:
+    """CPU time of this process's worker processes: its multiprocessing forkserver and every
+    worker forked from it (renders and parses run there), ended workers included.
+
+    Not this process's own threads: whether a stopped render still burns CPU is a question about
+    the workers, and a test process that ran hundreds of tests before has threads of its own.
+    """
+    me = os.getpid()
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or (fields := _proc_stat(int(entry.name))) is None:
+            continue
+        if int(fields[1]) != me:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if b"multiprocessing.forkserver" in cmdline:
+            total += tree_cpu_seconds(int(entry.name))
+    return total
+
+
 def with_overrides(settings: Settings, **overrides: Any) -> Settings:
     """`settings` with some fields replaced, validated like the environment would be.
 

@@ -106,7 +106,8 @@ def test_a_traced_request_reaches_mlflow_the_database_and_a_render_worker_in_one
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
         with GatewayProcess(tmp_path, env) as gateway:
-            gateway.wait_until_listening()
+            # Ready: the start-up MLflow warm-up (a trace of its own) has sent its requests.
+            gateway.wait_until_ready()
             header, graphql_trace, caller_span = traceparent()
             mlflow_proxy.reset()
             answer = httpx.post(

@@ -20,7 +20,7 @@ from gateway.observability import Metrics
 from gateway.renderer import Renderer
 from gateway.settings import Settings
 from gateway.workers import WORKER_NICENESS, WorkerPool
-from tests.support import tree_cpu_seconds, with_overrides
+from tests.support import render_pool_cpu_seconds, with_overrides
 
 # Jobs are module-level functions: they travel to the worker by name.
 
@@ -143,9 +143,9 @@ def test_a_render_past_its_deadline_burns_no_more_cpu(tmp_path: Path) -> None:
         with pytest.raises(RenderTimeoutError):
             asyncio.run(renderer.render(bars, ChartSpec(max_bars=100_000)))
         time.sleep(0.3)  # the kill lands
-        before = tree_cpu_seconds(os.getpid())
+        before = render_pool_cpu_seconds()
         time.sleep(2.0)
-        burnt = tree_cpu_seconds(os.getpid()) - before
+        burnt = render_pool_cpu_seconds() - before
     finally:
         renderer.close()
     assert burnt < 0.5, f"{burnt:.2f} s of CPU spent on a render nobody waits for"

@@ -2,12 +2,15 @@
 
 Mixed workload at 48 concurrent clients (bounded in time): artifact lists of 50 with lineage,
 single artifacts, images with and without If-None-Match. Reports requests/s, p50/p95/p99 per
-kind, errors, and worker RSS after warm-up and at the end. Then the same workload while 6 more
-clients keep asking for charts nobody has rendered yet (1,500 extra chart rows of 300 bars):
-throughput, and p99 against the steady run's. The baseline, measured in the same run with the
-same client and load: a bare Starlette app (`_replay_app.py`, 2 uvicorn workers) serving the
-gateway's own recorded answers (bodies and headers) from memory. Then renders N charts in a row
-in one process and reports RSS growth.
+kind, errors, CPU per request on the server's and the client's side, and worker RSS after
+warm-up and at the end. The baseline, measured in the same run with the same client and load: a
+bare Starlette app (`_replay_app.py`, 2 uvicorn workers) serving the gateway's own recorded
+answers (bodies and headers) from memory. The steady figure is the median of rounds that
+alternate between the two servers (the client's own cost per request drifts over minutes, and
+alternating gives both servers the same drift). Then the same workload while 6 more clients
+keep asking for charts nobody has rendered yet (1,500 extra chart rows of 300 bars):
+throughput, and p99 against the steady rounds'. Then renders N charts in a row in one process
+and reports RSS growth.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import functools
+import gc
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,6 +44,7 @@ from gateway.demo import seed_demo_data
 from gateway.models import Artifact
 from gateway.observability import configure_logging
 from tests.servers import free_port
+from tests.support import tree_cpu_seconds
 
 # Clients that ask for never-rendered charts in the disturbed run, and those charts' bars.
 COLD_CLIENTS = 6
@@ -322,9 +328,62 @@ def render_soak(renders: int) -> None:
     )
 
 
+def client_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Round:
+    """One steady round against one server: its latencies, and CPU per request on each side."""
+
+    latencies: dict[str, list[float]]
+    errors: int
+    elapsed: float
+    server_cpu_ms: float
+    client_cpu_ms: float
+
+    @property
+    def rate(self) -> float:
+        return served(self.latencies) / self.elapsed
+
+
+def steady_round(
+    url: str, server_pid: int, *, clients: int, seconds: float, etags: dict[int, str]
+) -> Round:
+    """One round of the mixed workload, and the CPU the server's processes and this client spent."""
+    gc.collect()  # each round starts with the client's heap in the same state
+    server_before, client_before = tree_cpu_seconds(server_pid), client_cpu_seconds()
+    latencies, errors, elapsed = asyncio.run(
+        run_load(url, clients=clients, seconds=seconds, etags=etags)
+    )
+    requests = max(served(latencies), 1)
+    return Round(
+        latencies,
+        errors,
+        elapsed,
+        (tree_cpu_seconds(server_pid) - server_before) * 1000 / requests,
+        (client_cpu_seconds() - client_before) * 1000 / requests,
+    )
+
+
+def pooled(rounds: list[Round]) -> dict[str, list[float]]:
+    return {kind: [x for r in rounds for x in r.latencies[kind]] for kind in KINDS}
+
+
+def report_rounds(name: str, rounds: list[Round]) -> None:
+    for number, r in enumerate(rounds, 1):
+        print(
+            f"  {name} round {number}: {r.rate:,.1f} req/s, {r.errors} errors; CPU per request: "
+            f"server {r.server_cpu_ms:.2f} ms, client {r.client_cpu_ms:.2f} ms"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--seconds", type=float, default=20, help="one steady round")
+    parser.add_argument("--rounds", type=int, default=3, help="steady rounds per server")
+    parser.add_argument("--disturbed-seconds", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=30)
     parser.add_argument("--clients", type=int, default=48)
     parser.add_argument("--cold-charts", type=int, default=1500)
@@ -333,52 +392,82 @@ def main() -> None:
     configure_logging(log_format="json", level="error")
     root = Path(tempfile.mkdtemp(prefix="bench-load-"))
     server, url, cold = start_gateway(root, cold_charts=args.cold_charts)
-    load = functools.partial(run_load, url, clients=args.clients, seconds=args.seconds)
+    baseline: subprocess.Popen[bytes] | None = None
+    gateway_rounds: list[Round] = []
+    base_rounds: list[Round] = []
     try:
         etags = warm_up(url, clients=args.clients, seconds=args.warmup)
         record_answers(url, etags, root / "answers.json")
+        baseline, baseline_url = start_baseline(root / "answers.json")
+        asyncio.run(run_load(baseline_url, clients=args.clients, seconds=5, etags=etags))
         workers = children(server.pid)
         rss_start = {pid: rss_mib(pid) for pid in workers}
-        steady, steady_errors, steady_elapsed = asyncio.run(load(etags=etags))
+        # The client is one Python process on the same two cores, and what a request costs it
+        # drifts over minutes; rounds alternate so both servers meet the same drift.
+        for _ in range(args.rounds):
+            for rounds, target, pid in (
+                (gateway_rounds, url, server.pid),
+                (base_rounds, baseline_url, baseline.pid),
+            ):
+                rounds.append(
+                    steady_round(
+                        target, pid, clients=args.clients, seconds=args.seconds, etags=etags
+                    )
+                )
         rss_end = {pid: rss_mib(pid) for pid in workers}
+        gc.collect()
         disturbed, disturbed_errors, disturbed_elapsed = asyncio.run(
-            load(etags=etags, cold=iter(cold))
+            run_load(
+                url,
+                clients=args.clients,
+                seconds=args.disturbed_seconds,
+                etags=etags,
+                cold=iter(cold),
+            )
         )
     finally:
         server.terminate()
         server.wait(timeout=30)
-    title = f"mixed load: {args.clients} clients, {args.seconds:.0f} s, gateway serve --workers 2"
-    report_load(title, steady, steady_errors, steady_elapsed, (rss_start, rss_end))
+        if baseline is not None:
+            baseline.terminate()
+            baseline.wait(timeout=30)
+    steady = pooled(gateway_rounds)
+    title = (
+        f"mixed load: {args.clients} clients, gateway serve --workers 2, "
+        f"{args.rounds} rounds of {args.seconds:.0f} s"
+    )
     report_load(
-        f"{title}, while {COLD_CLIENTS} more clients ask for charts nobody has rendered",
+        title,
+        steady,
+        sum(r.errors for r in gateway_rounds),
+        sum(r.elapsed for r in gateway_rounds),
+        (rss_start, rss_end),
+    )
+    report_rounds("gateway", gateway_rounds)
+    report_load(
+        f"mixed load: {args.clients} clients, {args.disturbed_seconds:.0f} s, while "
+        f"{COLD_CLIENTS} more clients ask for charts nobody has rendered",
         disturbed,
         disturbed_errors,
         disturbed_elapsed,
     )
     if len(disturbed["cold_image"]) >= len(cold):
         print(f"  (all {len(cold)} cold charts were rendered before the end: seed more)")
-    baseline, baseline_url = start_baseline(root / "answers.json")
-    try:
-        asyncio.run(run_load(baseline_url, clients=args.clients, seconds=5, etags=etags))
-        base, base_errors, base_elapsed = asyncio.run(
-            run_load(baseline_url, clients=args.clients, seconds=args.seconds, etags=etags)
-        )
-    finally:
-        baseline.terminate()
-        baseline.wait(timeout=30)
     report_load(
-        "baseline: bare Starlette replaying the same answers (2 workers), same client",
-        base,
-        base_errors,
-        base_elapsed,
+        "baseline: bare Starlette replaying the same answers (2 workers), same client, "
+        "rounds alternating with the gateway's",
+        pooled(base_rounds),
+        sum(r.errors for r in base_rounds),
+        sum(r.elapsed for r in base_rounds),
     )
-    base_rate = served(base) / base_elapsed
-    steady_rate = served(steady) / steady_elapsed
+    report_rounds("baseline", base_rounds)
+    base_rate = statistics.median(r.rate for r in base_rounds)
+    steady_rate = statistics.median(r.rate for r in gateway_rounds)
     disturbed_rate = served(disturbed) / disturbed_elapsed
     reads = ("list", "artifact")
     print(f"{'figure':<44} {'gateway':>12} {'baseline':>12} {'ratio':>7}")
     rows = [
-        ("steady mixed throughput (req/s)", steady_rate, base_rate),
+        ("steady mixed throughput (req/s, median round)", steady_rate, base_rate),
         ("throughput while cold renders run (req/s)", disturbed_rate, base_rate),
         (
             "list+artifact p99 while cold renders run (ms)",
@@ -390,10 +479,20 @@ def main() -> None:
             p99_of(disturbed, KINDS),
             p99_of(steady, KINDS),
         ),
+        (
+            "server CPU per request (ms, median round)",
+            statistics.median(r.server_cpu_ms for r in gateway_rounds),
+            statistics.median(r.server_cpu_ms for r in base_rounds),
+        ),
+        (
+            "client CPU per request (ms, median round)",
+            statistics.median(r.client_cpu_ms for r in gateway_rounds),
+            statistics.median(r.client_cpu_ms for r in base_rounds),
+        ),
     ]
     for figure, value, baseline_value in rows:
         print(
-            f"{figure:<44} {value:>12,.1f} {baseline_value:>12,.1f} {value / baseline_value:>6.2f}x"
+            f"{figure:<44} {value:>12,.2f} {baseline_value:>12,.2f} {value / baseline_value:>6.2f}x"
         )
     print(
         "(the p99 rows' baseline is the gateway's own steady p99; "

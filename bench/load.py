@@ -22,7 +22,6 @@ import gc
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -328,11 +327,6 @@ def render_soak(renders: int) -> None:
     )
 
 
-def client_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 @dataclass
 class Round:
     """One steady round against one server: its latencies, and CPU per request on each side."""
@@ -353,7 +347,7 @@ def steady_round(
 ) -> Round:
     """One round of the mixed workload, and the CPU the server's processes and this client spent."""
     gc.collect()  # each round starts with the client's heap in the same state
-    server_before, client_before = tree_cpu_seconds(server_pid), client_cpu_seconds()
+    server_before, client_before = tree_cpu_seconds(server_pid), time.process_time()
     latencies, errors, elapsed = asyncio.run(
         run_load(url, clients=clients, seconds=seconds, etags=etags)
     )
@@ -363,7 +357,7 @@ def steady_round(
         errors,
         elapsed,
         (tree_cpu_seconds(server_pid) - server_before) * 1000 / requests,
-        (client_cpu_seconds() - client_before) * 1000 / requests,
+        (time.process_time() - client_before) * 1000 / requests,
     )
 
 

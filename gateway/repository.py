@@ -31,6 +31,7 @@ from sqlmodel import Session, col, select
 
 from gateway.errors import DatabaseUnavailableError
 from gateway.models import Artifact, TolerantJSON
+from gateway.rows import SNAPSHOT_KEY
 
 T = TypeVar("T")
 
@@ -94,9 +95,6 @@ def effective_workflow_id_expr(dialect: str) -> ColumnElement[str]:
         _metadata_text("workflow_id", dialect),
         _metadata_text("dag_run_id", dialect),
     )
-
-
-SNAPSHOT_KEY = "market_data_snapshot"
 
 
 def metadata_without_snapshot_expr(dialect: str) -> ColumnElement[Any]:
@@ -209,6 +207,33 @@ def get_listed_artifact(session: Session, *, artifact_id: int) -> Page:
     """The artifact with this id read as a list reads it (without its snapshot): a page of
     one row, or of none."""
     return _listed_page(session, [col(Artifact.id) == artifact_id], 1)
+
+
+def get_artifact_document(
+    session: Session, *, artifact_id: int
+) -> tuple[Artifact, str | None] | None:
+    """The artifact without its `metadata` decoded, and the stored metadata text beside it (or
+    None when there is no such row): for an answer that serves the metadata whole without this
+    process decoding it. The row's `meta` is None until `set_loaded_metadata` gives it the
+    value read from the text. One statement, and no JSON function run by the database."""
+    table = Artifact.__table__  # type: ignore[attr-defined]
+    statement = (
+        sql_select(Artifact, table.c.metadata.cast(Text))
+        .options(defer(Artifact.meta))  # type: ignore[arg-type]
+        .where(table.c.id == artifact_id)
+    )
+    found = session.execute(statement).first()
+    if found is None:
+        return None
+    row, metadata_text = found
+    set_committed_value(row, "meta", None)
+    return row, metadata_text
+
+
+def set_loaded_metadata(row: Artifact, metadata: Any) -> None:
+    """Give a row read without its `metadata` the value read from the text (as loaded, not as
+    a change to write)."""
+    set_committed_value(row, "meta", metadata)
 
 
 def _listed_page(

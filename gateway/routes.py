@@ -22,11 +22,12 @@ from gateway.rows import created_at_of, effective_workflow_id, image_url_of, jso
 from gateway.services import (
     RequestLineage,
     load_artifact,
+    load_artifact_document,
     load_listed_artifact,
     parse_artifact_id,
     services_of,
 )
-from gateway.strictjson import dumps_bytes
+from gateway.strictjson import EncodedJSON, UnreadableJSON, dumps_bytes
 
 READY_TIMEOUT_S = 3.0
 
@@ -48,13 +49,21 @@ def lineage_json(view: LineageView) -> dict[str, Any]:
     }
 
 
-def artifact_json(row: Artifact, lineage: Lineage, *, ui_url: str | None) -> dict[str, Any]:
+def artifact_json(
+    row: Artifact,
+    lineage: Lineage,
+    *,
+    metadata: EncodedJSON | UnreadableJSON | None,
+    ui_url: str | None,
+) -> dict[str, Any]:
     """The snake_case JSON the existing REST clients read; ids are the resolved ones.
 
-    A JSON column that cannot be read is null, and `field_errors` says why (absent otherwise).
+    `metadata` is the whole stored metadata made strict (the row itself is read without its
+    snapshot). A JSON column that cannot be read is null, and `field_errors` says why (absent
+    otherwise).
     """
     chart_data, chart_data_problem = json_field(row.chart_data)
-    metadata, metadata_problem = json_field(row.meta)
+    metadata, metadata_problem = json_field(metadata)
     body: dict[str, Any] = {
         "id": row.id,
         "name": row.name,
@@ -84,10 +93,12 @@ async def get_artifact(request: Request) -> Response:
     services.metrics.answers.labels("rest", "hit" if kept else "miss").inc()
     if kept is not None:
         return Response(kept, media_type="application/json")
-    row = await load_artifact(services, artifact_id)
+    row, metadata = await load_artifact_document(services, artifact_id)
     lineage = await RequestLineage(services.resolver).of(row)
     tracing.set_attributes(**{"artifact.id": artifact_id, "lineage.status": lineage.status.value})
-    body = dumps_bytes(artifact_json(row, lineage, ui_url=services.settings.mlflow_ui_base))
+    body = dumps_bytes(
+        artifact_json(row, lineage, metadata=metadata, ui_url=services.settings.mlflow_ui_base)
+    )
     services.answers.keep(key, body)
     return Response(body, media_type="application/json")
 

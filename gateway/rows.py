@@ -43,9 +43,21 @@ def metadata_run_id(row: Artifact) -> str | None:
     return _metadata_str(row.meta, "mlflow_run_id")
 
 
+# The metadata key holding a chart's market data: most of a chart row's bytes.
+SNAPSHOT_KEY = "market_data_snapshot"
+
+
 def snapshot_of(row: Artifact) -> Any | None:
     """The stored market-data snapshot, if any."""
-    return meta_dict(row).get("market_data_snapshot")
+    return meta_dict(row).get(SNAPSHOT_KEY)
+
+
+def without_snapshot(metadata: Any) -> Any:
+    """A metadata value as a listed row holds it: an object without its snapshot, any other
+    value as it is."""
+    if isinstance(metadata, dict) and SNAPSHOT_KEY in metadata:
+        return {key: value for key, value in metadata.items() if key != SNAPSHOT_KEY}
+    return metadata
 
 
 # Longer stored locations are not searched for a run id (no key is that long).

@@ -11,7 +11,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
@@ -32,12 +32,13 @@ from gateway.mlflow_backend import make_backend
 from gateway.models import Artifact
 from gateway.observability import Metrics
 from gateway.resolver import LineageResolver
+from gateway.restricted import StoredMetadata, StoredMetadataMemo, read_metadata_text
 from gateway.rows import snapshot_of
 from gateway.runs import RunCatalog
 from gateway.settings import Settings
 from gateway.sharedstore import SharedStore
 from gateway.snapshots import SnapshotSummary, summarize_metadata_text, summarize_snapshot
-from gateway.strictjson import EncodedJSON, UnreadableJSON, restrict_stored_text
+from gateway.strictjson import EncodedJSON, UnreadableJSON
 from gateway.workers import WorkerPool, start_forkserver_soon
 
 log = structlog.get_logger("gateway")
@@ -69,6 +70,8 @@ class Services:
     runs: RunCatalog
     # Redis shared by replicas (GATEWAY_REDIS_URL), None when unset.
     shared: SharedStore | None = None
+    # Stored metadata texts read (strict JSON, lean value), by the text: each one read once.
+    stored_metadata: StoredMetadataMemo = field(default_factory=StoredMetadataMemo)
 
 
 @asynccontextmanager
@@ -204,6 +207,25 @@ async def load_listed_artifact(
     return row, listing
 
 
+async def load_artifact_document(
+    services: Services, artifact_id: int
+) -> tuple[Artifact, EncodedJSON | UnreadableJSON | None]:
+    """The row without its snapshot and its whole stored metadata made strict JSON, to be
+    spliced into an answer undecoded; NotFoundError when absent. For answers that serve the
+    metadata whole (the REST document)."""
+    found = await repository.run_in_session(
+        services.engine, repository.get_artifact_document, artifact_id=artifact_id
+    )
+    if found is None:
+        raise NotFoundError(f"artifact {artifact_id} does not exist")
+    row, text = found
+    if text is None:
+        return row, None
+    stored = await read_stored_metadata(services, text)
+    repository.set_loaded_metadata(row, stored.lean)
+    return row, stored.whole
+
+
 async def snapshot_summary(services: Services, row: Artifact) -> SnapshotSummary | None:
     """The row's snapshot summary, parsed in a worker process (never on the event loop, never
     in a thread of the serving process); a cancelled request stops the parse it started."""
@@ -230,11 +252,21 @@ async def snapshot_summary_of_text(
 async def metadata_for_response(
     services: Services, metadata_text: str | None
 ) -> EncodedJSON | UnreadableJSON | None:
-    """Stored metadata text made strict JSON in a worker process, to be spliced into a response
-    as is (the serving process neither decodes nor re-encodes it)."""
+    """Stored metadata text made strict JSON, to be spliced into a response as is (the serving
+    process neither decodes nor re-encodes it)."""
     if metadata_text is None:
         return None
-    return await services.parser.run(restrict_stored_text, metadata_text)
+    return (await read_stored_metadata(services, metadata_text)).whole
+
+
+async def read_stored_metadata(services: Services, metadata_text: str) -> StoredMetadata:
+    """A stored metadata text read in a worker process, or as this process read it before
+    (equal text, equal reading: `services.stored_metadata`)."""
+    stored = services.stored_metadata.get(metadata_text)
+    if stored is None:
+        stored = await services.parser.run(read_metadata_text, metadata_text)
+        services.stored_metadata.keep(metadata_text, stored)
+    return stored
 
 
 class RequestLineage:

@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "gateway.renderer": 2,
     "gateway.images": 2,
     "gateway.snapshots": 2,
+    "gateway.restricted": 2,
     "gateway.repair": 2,
     "gateway.verify": 2,
     "gateway.demo": 2,

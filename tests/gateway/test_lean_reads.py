@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlmodel import Session
 from starlette.testclient import TestClient
 
 from chartkit import random_walk_bars
-from gateway import db, images, models
+from gateway import db, images, models, strictjson, workers
+from gateway.restricted import read_metadata_text
 
 
 @pytest.fixture
@@ -179,3 +182,76 @@ def test_a_chart_served_in_the_last_30_s_is_served_again_without_reading_the_row
     other_source = client.get(f"/api/artifacts/{artifact_id}/image?source=minio")
     assert other_source.status_code == 404  # another source is its own question: row read
     assert len(artifact_selects(statements)) == 1
+
+
+@pytest.fixture
+def restricted_in_workers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Characters of stored metadata text sent to a worker process to be read."""
+    sizes: list[int] = []
+    real = workers.WorkerPool.run
+
+    async def counting(self: workers.WorkerPool, function: Any, *args: Any, **kwargs: Any) -> Any:
+        if function is read_metadata_text:
+            sizes.append(len(args[0]))
+        return await real(self, function, *args, **kwargs)
+
+    monkeypatch.setattr(workers.WorkerPool, "run", counting)
+    return sizes
+
+
+def test_the_rest_document_decodes_no_snapshot_in_the_serving_process(
+    client: TestClient, insert: Callable[..., int], decoded: list[int]
+) -> None:
+    (artifact_id,) = chart_rows(insert, 1)
+    decoded.clear()
+    body = client.get(f"/api/artifacts/{artifact_id}").json()
+    assert len(body["metadata"]["market_data_snapshot"]) == 500
+    assert body["workflow_id"] == "wf-0"
+    assert sum(decoded) < 500, f"{sum(decoded)} characters decoded for one document"
+
+
+def test_the_rest_document_is_the_whole_row_encoded_byte_for_byte(
+    client: TestClient, insert: Callable[..., int], engine: Any
+) -> None:
+    (artifact_id,) = chart_rows(insert, 1)
+    served = client.get(f"/api/artifacts/{artifact_id}")
+    assert served.status_code == 200
+    with Session(engine) as session:
+        whole = session.get(models.Artifact, artifact_id)
+        assert whole is not None
+        assert "market_data_snapshot" in whole.meta
+        expected = {**served.json(), "metadata": whole.meta}
+    assert served.content == strictjson.dumps_bytes(expected)
+
+
+def test_a_stored_metadata_text_is_made_strict_once_per_process(
+    make_client: Callable[..., TestClient],
+    insert: Callable[..., int],
+    restricted_in_workers: list[int],
+) -> None:
+    client = make_client(answer_cache_s=0)  # every read reaches the route
+    first, second = chart_rows(insert, 2)
+    bodies = [client.get(f"/api/artifacts/{i}").content for i in (first, second, first, second)]
+    assert bodies[2:] == bodies[:2]
+    assert bodies[0] != bodies[1]
+    assert len(restricted_in_workers) == 2, "each distinct text once"
+    graphql = client.post("/graphql", json={"query": f"{{ artifact(id: {first}) {{ metadata }} }}"})
+    assert "errors" not in graphql.json(), graphql.json()
+    assert graphql.json()["data"]["artifact"]["metadata"] == json.loads(bodies[0])["metadata"]
+    assert len(restricted_in_workers) == 2, "GraphQL's whole metadata shares what REST made"
+
+
+def test_a_changed_metadata_is_served_on_the_next_read(
+    make_client: Callable[..., TestClient], insert: Callable[..., int], engine: Any
+) -> None:
+    client = make_client(answer_cache_s=0)
+    (artifact_id,) = chart_rows(insert, 1)
+    assert client.get(f"/api/artifacts/{artifact_id}").json()["metadata"]["workflow_id"] == "wf-0"
+    with Session(engine) as session:
+        row = session.get(models.Artifact, artifact_id)
+        assert row is not None
+        row.meta = {**row.meta, "workflow_id": "wf-changed"}
+        session.add(row)
+        session.commit()
+    again = client.get(f"/api/artifacts/{artifact_id}").json()
+    assert (again["metadata"]["workflow_id"], again["workflow_id"]) == ("wf-changed",) * 2

@@ -18,7 +18,7 @@ from gateway.strictjson import (
     dumps_bytes,
     loads_request,
     loads_stored,
-    restrict_stored_text,
+    restrict_value,
     storable_problem,
 )
 from tests.jsonstrict import strict_parse
@@ -183,11 +183,16 @@ def test_a_stored_string_cannot_pose_as_a_spliced_fragment() -> None:
     assert strict_parse(body) == {"s": lookalike, "e": [1]}
 
 
-def test_stored_text_is_restricted_under_the_read_mapping() -> None:
-    restricted = restrict_stored_text('{"a": NaN, "s": "x\\ud800", "k": [Infinity]}')
-    assert isinstance(restricted, EncodedJSON)
-    assert strict_parse(restricted.text.encode()) == {"a": None, "s": "x\ufffd", "k": [None]}
-    assert restrict_stored_text("not json") == EncodedJSON('"not json"')
-    assert restrict_stored_text("[" * 100 + "]" * 100) == UnreadableJSON(
-        f"nested deeper than {MAX_DEPTH} levels"
+def test_a_stored_string_spelling_a_whole_placeholder_is_served_as_itself() -> None:
+    lookalike = "\x00" + "0" * 24 + ":0\x00"
+    body = dumps_bytes({"s": lookalike, "e": EncodedJSON("[1]")})
+    assert strict_parse(body) == {"s": lookalike, "e": [1]}
+
+
+def test_a_value_is_restricted_to_strict_compact_text() -> None:
+    assert restrict_value({"a": [1, "x"], "b": None}) == EncodedJSON('{"a":[1,"x"],"b":null}')
+    assert restrict_value({"s": "x\ud800", "f": float("nan")}) == EncodedJSON(
+        '{"s":"x\ufffd","f":null}'
     )
+    unreadable = UnreadableJSON("nested deeper than 64 levels")
+    assert restrict_value(unreadable) is unreadable

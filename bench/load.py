@@ -99,63 +99,73 @@ async def run_load(
     failures: dict[str, int] = {}
     charts = sorted(etags)
     deadline = time.perf_counter() + seconds
-    connections = clients + (COLD_CLIENTS if cold is not None else 0)
-    async with httpx.AsyncClient(
-        base_url=url, timeout=30, limits=httpx.Limits(max_connections=connections)
-    ) as client:
 
-        async def cold_worker(artifacts: Iterator[int]) -> None:
-            nonlocal errors
-            for artifact_id in artifacts:
-                if time.perf_counter() >= deadline:
-                    return
-                started = time.perf_counter()
-                try:
-                    r = await client.get(f"/api/artifacts/{artifact_id}/image")
-                    ok = r.status_code == 200 and r.headers.get("x-cache") == "miss"
-                    label = f"cold_image HTTP {r.status_code} x-cache {r.headers.get('x-cache')}"
-                except httpx.HTTPError as exc:
-                    ok, label = False, f"cold_image {type(exc).__name__}"
-                latencies["cold_image"].append(time.perf_counter() - started)
-                if not ok:
-                    failures[label] = failures.get(label, 0) + 1
-                    errors += 1
+    def own_client() -> httpx.AsyncClient:
+        # Each client has its own connection, as each browser has: httpcore's pool scans all of
+        # its connections on every request and response (about 3,000 `is_idle` calls per
+        # response for 48 connections in one pool), which made the load generator's cost per
+        # response depend on how responses arrived rather than on what they were.
+        return httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=1))
 
-        async def worker(seed: int) -> None:
-            nonlocal errors
-            rng = random.Random(seed)
-            while time.perf_counter() < deadline:
-                kind = rng.choice(["list", "artifact", "image", "image_304"])
-                started = time.perf_counter()
-                try:
-                    if kind == "list":
-                        r = await client.post("/graphql", json={"query": LIST})
-                        ok = r.status_code == 200 and "errors" not in r.json()
-                    elif kind == "artifact":
-                        r = await client.get(f"/api/artifacts/{rng.randint(1, 36)}")
-                        ok = r.status_code == 200
-                    else:
-                        chart = rng.choice(charts)
-                        headers = {"if-none-match": etags[chart]} if kind == "image_304" else {}
-                        r = await client.get(f"/api/artifacts/{chart}/image", headers=headers)
-                        ok = r.status_code == (304 if kind == "image_304" else 200)
-                except httpx.HTTPError as exc:
-                    ok, r = False, None
-                    label = f"{kind} {type(exc).__name__}"
-                    failures[label] = failures.get(label, 0) + 1
-                    print(f"  {label} after {time.perf_counter() - started:.2f} s: {exc!r}")
-                latencies[kind].append(time.perf_counter() - started)
-                if not ok and r is not None:
-                    label = f"{kind} HTTP {r.status_code}"
-                    failures[label] = failures.get(label, 0) + 1
-                errors += not ok
+    async def cold_worker(artifacts: Iterator[int]) -> None:
+        async with own_client() as client:
+            await cold_requests(client, artifacts)
 
-        started = time.perf_counter()
-        cold_workers = [cold_worker(cold) for _ in range(COLD_CLIENTS)] if cold is not None else []
-        await asyncio.gather(*(worker(i) for i in range(clients)), *cold_workers)
-        if failures:
-            print("failures:", failures)
-        return latencies, errors, time.perf_counter() - started
+    async def cold_requests(client: httpx.AsyncClient, artifacts: Iterator[int]) -> None:
+        nonlocal errors
+        for artifact_id in artifacts:
+            if time.perf_counter() >= deadline:
+                return
+            started = time.perf_counter()
+            try:
+                r = await client.get(f"/api/artifacts/{artifact_id}/image")
+                ok = r.status_code == 200 and r.headers.get("x-cache") == "miss"
+                label = f"cold_image HTTP {r.status_code} x-cache {r.headers.get('x-cache')}"
+            except httpx.HTTPError as exc:
+                ok, label = False, f"cold_image {type(exc).__name__}"
+            latencies["cold_image"].append(time.perf_counter() - started)
+            if not ok:
+                failures[label] = failures.get(label, 0) + 1
+                errors += 1
+
+    async def worker(seed: int) -> None:
+        async with own_client() as client:
+            await requests(client, random.Random(seed))
+
+    async def requests(client: httpx.AsyncClient, rng: random.Random) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            kind = rng.choice(["list", "artifact", "image", "image_304"])
+            started = time.perf_counter()
+            try:
+                if kind == "list":
+                    r = await client.post("/graphql", json={"query": LIST})
+                    ok = r.status_code == 200 and "errors" not in r.json()
+                elif kind == "artifact":
+                    r = await client.get(f"/api/artifacts/{rng.randint(1, 36)}")
+                    ok = r.status_code == 200
+                else:
+                    chart = rng.choice(charts)
+                    headers = {"if-none-match": etags[chart]} if kind == "image_304" else {}
+                    r = await client.get(f"/api/artifacts/{chart}/image", headers=headers)
+                    ok = r.status_code == (304 if kind == "image_304" else 200)
+            except httpx.HTTPError as exc:
+                ok, r = False, None
+                label = f"{kind} {type(exc).__name__}"
+                failures[label] = failures.get(label, 0) + 1
+                print(f"  {label} after {time.perf_counter() - started:.2f} s: {exc!r}")
+            latencies[kind].append(time.perf_counter() - started)
+            if not ok and r is not None:
+                label = f"{kind} HTTP {r.status_code}"
+                failures[label] = failures.get(label, 0) + 1
+            errors += not ok
+
+    started = time.perf_counter()
+    cold_workers = [cold_worker(cold) for _ in range(COLD_CLIENTS)] if cold is not None else []
+    await asyncio.gather(*(worker(i) for i in range(clients)), *cold_workers)
+    if failures:
+        print("failures:", failures)
+    return latencies, errors, time.perf_counter() - started
 
 
 def answering(url: str) -> str:

@@ -89,17 +89,20 @@ async def get_artifact(request: Request) -> Response:
     services = services_of(request)
     artifact_id = parse_artifact_id(request.path_params["artifact_id"])
     key = ("rest artifact", str(artifact_id))
-    kept = services.answers.get(key)
+    kept = await services.answers.wait_for_answer(key)
     services.metrics.answers.labels("rest", "hit" if kept else "miss").inc()
     if kept is not None:
         return Response(kept, media_type="application/json")
-    row, metadata = await load_artifact_document(services, artifact_id)
-    lineage = await RequestLineage(services.resolver).of(row)
-    tracing.set_attributes(**{"artifact.id": artifact_id, "lineage.status": lineage.status.value})
-    body = dumps_bytes(
-        artifact_json(row, lineage, metadata=metadata, ui_url=services.settings.mlflow_ui_base)
-    )
-    services.answers.keep(key, body)
+    with services.answers.answering(key):
+        row, metadata = await load_artifact_document(services, artifact_id)
+        lineage = await RequestLineage(services.resolver).of(row)
+        tracing.set_attributes(
+            **{"artifact.id": artifact_id, "lineage.status": lineage.status.value}
+        )
+        body = dumps_bytes(
+            artifact_json(row, lineage, metadata=metadata, ui_url=services.settings.mlflow_ui_base)
+        )
+        services.answers.keep(key, body)
     return Response(body, media_type="application/json")
 
 

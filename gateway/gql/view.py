@@ -66,19 +66,20 @@ class GatewayGraphQL(GraphQL[Context, None]):
         if not services.answers.enabled:
             return await super().run(request, context, root_value)
         key = await _answer_key(request)
-        kept = services.answers.get(key)
+        kept = await services.answers.wait_for_answer(key)
         services.metrics.answers.labels("graphql", "hit" if kept else "miss").inc()
         if kept is not None:
             return Response(kept, media_type="application/json")
         verdict = Keeping()
         token = keeping.set(verdict)
         try:
-            response = await super().run(request, context, root_value)
+            with services.answers.answering(key):
+                response = await super().run(request, context, root_value)
+                body = getattr(response, "body", None)  # a streamed answer has none: never kept
+                if verdict.allowed and isinstance(body, bytes) and response.status_code == 200:
+                    services.answers.keep(key, body)
         finally:
             keeping.reset(token)
-        body = getattr(response, "body", None)  # a streamed answer has none: never kept
-        if verdict.allowed and isinstance(body, bytes) and response.status_code == 200:
-            services.answers.keep(key, body)
         return response
 
     async def get_context(self, request: Any, response: Any) -> Context:

@@ -4,19 +4,23 @@ once the answer has aged out."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
-from gateway.answers import MAX_ANSWER_BYTES, AnswerCache
+from gateway import repository
+from gateway.answers import MAX_ANSWER_BYTES, AnswerCache, AnswerKey
 from gateway.models import Artifact
 from gateway.settings import Settings
 
@@ -90,6 +94,52 @@ def test_clear_forgets_every_answer() -> None:
     answers.keep(("a",), b"1")
     answers.clear()
     assert answers.get(("a",)) is None
+
+
+async def _answer_while(answers: AnswerCache, key: AnswerKey, body: bytes | None) -> None:
+    """Answer `key` (keeping `body`, unless None) while the event loop runs other reads."""
+    with answers.answering(key):
+        await asyncio.sleep(0.05)
+        if body is not None:
+            answers.keep(key, body)
+
+
+def test_a_read_arriving_while_the_identical_one_is_answered_gets_its_answer() -> None:
+    async def scenario() -> tuple[bytes | None, bytes | None]:
+        answers = AnswerCache(ttl_s=60)
+        producing = asyncio.ensure_future(_answer_while(answers, ("a",), b"kept"))
+        await asyncio.sleep(0)  # the first read is being answered
+        waited = await answers.wait_for_answer(("a",))
+        await producing
+        return waited, await answers.wait_for_answer(("b",))
+
+    assert asyncio.run(scenario()) == (b"kept", None)
+
+
+def test_a_waiting_read_answers_itself_when_the_other_answer_was_not_kept() -> None:
+    async def scenario() -> bytes | None:
+        answers = AnswerCache(ttl_s=60)
+        producing = asyncio.ensure_future(_answer_while(answers, ("a",), None))
+        await asyncio.sleep(0)
+        waited = await answers.wait_for_answer(("a",))
+        assert producing.done()
+        return waited
+
+    assert asyncio.run(scenario()) is None
+
+
+def test_a_read_stopped_while_answering_releases_the_reads_waiting_for_it() -> None:
+    async def scenario() -> tuple[bytes | None, bool]:
+        answers = AnswerCache(ttl_s=60)
+        producing = asyncio.ensure_future(_answer_while(answers, ("a",), b"never"))
+        await asyncio.sleep(0)
+        waiting = asyncio.ensure_future(answers.wait_for_answer(("a",)))
+        await asyncio.sleep(0)
+        producing.cancel()  # its client left, or its deadline passed
+        waited = await asyncio.wait_for(waiting, timeout=5)
+        return waited, ("a",) in answers._answering
+
+    assert asyncio.run(scenario()) == (None, False)
 
 
 # --- GraphQL ------------------------------------------------------------------------------
@@ -252,6 +302,49 @@ def test_a_rest_read_that_failed_is_not_kept(
     insert(id=424242, name="arrived")
     assert client.get("/api/artifacts/424242").json()["name"] == "arrived"
     assert answers_count(client, "rest", "hit") == 0
+
+
+def test_identical_rest_reads_at_once_are_worked_out_once(
+    client: TestClient, insert: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    artifact_id = insert(name="popular")
+    reads: list[int] = []
+    real = repository.get_artifact_document
+
+    def slow_read(session: Session, *, artifact_id: int) -> Any:
+        reads.append(artifact_id)
+        time.sleep(0.5)  # the other reads arrive while this one is being answered
+        return real(session, artifact_id=artifact_id)
+
+    monkeypatch.setattr(repository, "get_artifact_document", slow_read)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        bodies = list(pool.map(lambda _: client.get(f"/api/artifacts/{artifact_id}"), range(6)))
+    assert [b.status_code for b in bodies] == [200] * 6
+    assert len({b.content for b in bodies}) == 1
+    assert reads == [artifact_id]
+    assert answers_count(client, "rest", "miss") == 1
+
+
+def test_identical_queries_at_once_are_worked_out_once(
+    client: TestClient, insert: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    insert(name="listed")
+    pages: list[int] = []
+    real = repository.list_artifacts
+
+    def slow_page(session: Session, **kwargs: Any) -> Any:
+        pages.append(1)
+        time.sleep(0.5)
+        return real(session, **kwargs)
+
+    monkeypatch.setattr(repository, "list_artifacts", slow_page)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        bodies = list(pool.map(lambda _: client.post("/graphql", json={"query": NAMES}), range(6)))
+    assert [b.status_code for b in bodies] == [200] * 6
+    assert len({b.content for b in bodies}) == 1
+    assert "listed" in bodies[0].text
+    assert len(pages) == 1
+    assert answers_count(client, "graphql", "miss") == 1
 
 
 def test_a_rest_read_with_a_ttl_of_zero_sees_the_change(

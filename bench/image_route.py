@@ -39,22 +39,24 @@ from tests.servers import free_port
 
 
 async def load(url: str, *, clients: int, seconds: float) -> float:
-    """Requests per second that `clients` concurrent keep-alive clients get from `url`."""
+    """Requests per second that `clients` concurrent keep-alive clients get from `url`, each
+    with its own connection (as bench/load.py says why: one pool of many connections costs
+    the client more per response than the server does)."""
     done = 0
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
-        async def worker() -> None:
-            nonlocal done
+    async def worker() -> None:
+        nonlocal done
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
             while time.perf_counter() < deadline:
                 response = await client.get(url)
                 assert response.status_code == 200
                 done += 1
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return done / (time.perf_counter() - started)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return done / (time.perf_counter() - started)
 
 
 def gateway_env(settings: Settings) -> dict[str, str]:

@@ -1,9 +1,9 @@
 """Load benchmark: `gateway serve --workers 2` under a mixed workload on loopback, and render soak.
 
-Mixed workload at 48 concurrent clients (bounded in time): artifact lists of 50 with lineage,
-single artifacts, images with and without If-None-Match. Reports requests/s, p50/p95/p99 per
-kind, errors, CPU per request on the server's and the client's side, and worker RSS after
-warm-up and at the end. The baseline, measured in the same run with the same client and load: a
+Mixed workload at 48 concurrent clients, each with its own connection (bounded in time):
+artifact lists of 50 with lineage, single artifacts, images with and without If-None-Match.
+Reports requests/s, p50/p95/p99 per kind, errors, CPU per request on the server's and the
+client's side, and worker RSS after warm-up and at the end. The baseline, measured in the same run with the same client and load: a
 bare Starlette app (`_replay_app.py`, 2 uvicorn workers) serving the gateway's own recorded
 answers (bodies and headers) from memory. The steady figure is the median of rounds that
 alternate between the two servers (the client's own cost per request drifts over minutes, and

@@ -3,14 +3,14 @@
 Mixed workload at 48 concurrent clients, each with its own connection (bounded in time):
 artifact lists of 50 with lineage, single artifacts, images with and without If-None-Match.
 Reports requests/s, p50/p95/p99 per kind, errors, CPU per request on the server's and the
-client's side, and worker RSS after warm-up and at the end. The baseline, measured in the same run with the same client and load: a
-bare Starlette app (`_replay_app.py`, 2 uvicorn workers) serving the gateway's own recorded
-answers (bodies and headers) from memory. The steady figure is the median of rounds that
-alternate between the two servers (the client's own cost per request drifts over minutes, and
-alternating gives both servers the same drift). Then the same workload while 6 more clients
-keep asking for charts nobody has rendered yet (1,500 extra chart rows of 300 bars):
-throughput, and p99 against the steady rounds'. Then renders N charts in a row in one process
-and reports RSS growth.
+client's side, and worker RSS after warm-up and at the end. The baseline, measured in the same
+run with the same client and load: a bare Starlette app (`_replay_app.py`, 2 uvicorn workers)
+serving the gateway's own recorded answers (bodies and headers) from memory. The steady figure
+is the median of rounds that alternate between the two servers (the client's own cost per
+request drifts over minutes, and alternating gives both servers the same drift). Then the same
+workload while 6 more clients keep asking for charts nobody has rendered yet (1,500 extra chart
+rows of 300 bars): throughput, and p99 against the steady rounds'. Then renders N charts in a
+row in one process and reports RSS growth.
 """
 
 from __future__ import annotations

@@ -264,7 +264,13 @@ async def read_stored_metadata(services: Services, metadata_text: str) -> Stored
     (equal text, equal reading: `services.stored_metadata`)."""
     stored = services.stored_metadata.get(metadata_text)
     if stored is None:
-        stored = await services.parser.run(read_metadata_text, metadata_text)
+        try:
+            stored = await services.parser.run(read_metadata_text, metadata_text)
+        except Exception as exc:  # the worker died (pebble.ProcessExpired) or failed
+            # The field answers null with the reason; the rest of the row is served. Not kept:
+            # the next read tries again.
+            log.warning("metadata.unreadable", error=f"{type(exc).__name__}: {exc}"[:200])
+            return StoredMetadata(UnreadableJSON("metadata could not be read just now"), None)
         services.stored_metadata.keep(metadata_text, stored)
     return stored
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pebble import ProcessExpired
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
@@ -255,3 +256,26 @@ def test_a_changed_metadata_is_served_on_the_next_read(
         session.commit()
     again = client.get(f"/api/artifacts/{artifact_id}").json()
     assert (again["metadata"]["workflow_id"], again["workflow_id"]) == ("wf-changed",) * 2
+
+
+def test_a_metadata_reader_that_dies_leaves_the_field_null_with_a_reason(
+    make_client: Callable[..., TestClient],
+    insert: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = make_client(answer_cache_s=0)
+    (artifact_id,) = chart_rows(insert, 1)
+
+    async def dying(self: workers.WorkerPool, function: Any, *args: Any, **kwargs: Any) -> Any:
+        raise ProcessExpired("Abnormal termination", code=-9)
+
+    monkeypatch.setattr(workers.WorkerPool, "run", dying)
+    served = client.get(f"/api/artifacts/{artifact_id}")
+    assert served.status_code == 200
+    body = served.json()
+    assert (body["name"], body["metadata"]) == ("c0", None)
+    assert body["field_errors"] == {"metadata": "metadata could not be read just now"}
+    monkeypatch.undo()
+    again = client.get(f"/api/artifacts/{artifact_id}").json()
+    assert "field_errors" not in again
+    assert len(again["metadata"]["market_data_snapshot"]) == 500

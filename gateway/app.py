@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with open_services(settings, metrics_) as services, lineage_gauge_task(services):
+            freeze_startup_heap()
             log.info("gateway.started", env=settings.env)
             yield {"services": services}
         log.info("gateway.stopped")
@@ -68,6 +70,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 # `receive` would last the whole request.
                 middleware.kwargs["exclude_spans"] = ["receive", "send"]
     return app
+
+
+def freeze_startup_heap() -> None:
+    """Once per process, move what start-up left on the heap out of the collector's sight.
+
+    Imports and start-up leave over 200,000 objects that live as long as the process, and a
+    full collection walks every one of them: in bench/lineage.py's process, a 437 ms pause in
+    the middle of a cold read. Frozen, they are not walked again; the collector looks only at
+    what requests allocate. Garbage is collected first (once, about 0.2 s), so none is kept.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
 
 
 def _routes(settings: Settings, *, traced: bool) -> list[BaseRoute]:

@@ -130,8 +130,10 @@ class ImageService:
         self._fetches: SingleFlight[tuple[int, str], FetchedObject | FetchFailure] = SingleFlight()
 
     def close(self) -> None:
-        """Stop the render workers (running renders are abandoned)."""
+        """Stop the render workers (running renders are abandoned) and the MinIO reads."""
         self.renderer.close()
+        if self.reader is not None:
+            self.reader.close()
 
     # -- planning ---------------------------------------------------------------------------
     def _location(self, row: Artifact) -> ObjectLocation | UrlRefusal:

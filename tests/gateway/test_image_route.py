@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -138,6 +140,63 @@ def test_unreachable_endpoint_falls_back_within_the_deadline(
     assert elapsed < 2 * 1.0 + 1 + 5  # MinIO deadline (2x timeout + 1 s) plus one render
     reasons = [e["reason"] for e in log_events if e["event"] == "chart.fallback"]
     assert reasons == ["timeout" if fault == "hangs" else "minio_error"]
+
+
+def hung_up(listener: SilentListener) -> int:
+    """How many of the connections the listener holds were closed by the client."""
+    closed = 0
+    for conn in list(listener.accepted):
+        try:
+            while conn.recv(65536, socket.MSG_DONTWAIT):
+                pass  # the request it sent, never to be answered
+            closed += 1  # end of stream
+        except BlockingIOError:
+            pass  # still open, waiting
+        except OSError:
+            closed += 1
+    return closed
+
+
+def test_reads_stuck_on_a_hung_minio_leave_threads_for_database_reads(
+    settings: Settings, engine: Engine, insert: Callable[..., int]
+) -> None:
+    # More image requests than the process has worker threads, all stuck on a MinIO that
+    # never answers until their deadline: a REST read of another row must not wait for them.
+    hung = SilentListener()
+    stuck = 48
+    try:
+        ids = [chart_row(insert, f"s3://charts/stuck-{i}.png", bars=None) for i in range(stuck)]
+        other = insert(artifact_type="llm", name="not a chart")
+        # Reads wait 3 s for a byte that never comes: time to see who waits behind them.
+        hung_minio = image_settings(settings, f"127.0.0.1:{hung.port}", "charts", minio_timeout_s=3)
+        with TestClient(create_app(hung_minio)) as client:
+            finished: list[int] = []
+
+            def ask(artifact_id: int) -> None:
+                client.get(f"/api/artifacts/{artifact_id}/image")
+                finished.append(artifact_id)
+
+            threads = [threading.Thread(target=ask, args=(i,)) for i in ids]
+            for thread in threads:
+                thread.start()
+            # Until as many reads as will run are stuck: the count stops growing.
+            seen, steady_since = -1, time.monotonic()
+            while time.monotonic() - steady_since < 0.5:
+                time.sleep(0.05)
+                if len(hung.accepted) != seen:
+                    seen, steady_since = len(hung.accepted), time.monotonic()
+            assert seen >= 8, "the image reads never reached MinIO"
+            assert hung_up(hung) == 0, "a stuck read gave up before the REST read was sent"
+            response = client.get(f"/api/artifacts/{other}")
+            given_up_meanwhile = hung_up(hung)
+            for thread in threads:
+                thread.join()
+    finally:
+        hung.close()
+    assert response.status_code == 200
+    assert response.json()["name"] == "not a chart"
+    assert given_up_meanwhile == 0, "the REST read waited for a stuck MinIO read to give up"
+    assert len(finished) == stuck
 
 
 def test_without_minio_configured_charts_regenerate(

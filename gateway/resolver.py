@@ -529,6 +529,18 @@ class LineageResolver:
                     tracing.mark_error("MLflow could not answer every lookup")
             return outcomes
 
+    def resolve_kept(self, row: Artifact) -> Lineage | None:
+        """The row's lineage from what this process keeps, when that decides it (stored ids,
+        or every lookup it needs kept); None when a lookup must be made. Nothing is awaited:
+        the batched path (a task, a DataLoader, `load_batch`) is for what is not kept."""
+        known: dict[Key, Outcome] = {}
+        while not isinstance(step := decide(row, known), Lineage):
+            kept = self._cache.get(step)
+            if kept is None:
+                return None
+            known[step] = kept[0]
+        return step
+
     async def resolve_rows(self, rows: Sequence[Artifact]) -> list[Lineage]:
         """Lineage of many rows, in rounds: each round looks up every row's next key at once."""
         known: dict[Key, Outcome] = {}
@@ -548,6 +560,8 @@ class LineageResolver:
         self.metrics.lineage_resolutions.labels(
             lineage.status.value, lineage.source.value if lineage.source else "none"
         ).inc()
+        if lineage.status is LineageStatus.STORED:
+            return  # nothing to tell: the row had its ids
         fields: dict[str, Any] = {
             "artifact_id": row.id,
             "workflow_id": effective_workflow_id(row),

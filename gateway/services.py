@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -281,16 +281,26 @@ class RequestLineage:
     def __init__(self, resolver: LineageResolver) -> None:
         self.resolver = resolver
         self._loader: DataLoader[Key, Outcome] = DataLoader(load_fn=resolver.load_batch)
-        self._memo: dict[int, asyncio.Task[Lineage]] = {}
+        self._memo: dict[int, asyncio.Future[Lineage]] = {}
 
-    def of(self, row: Artifact) -> Awaitable[Lineage]:
-        """The row's lineage; several fields of one artifact share a single resolution."""
+    def of(self, row: Artifact) -> asyncio.Future[Lineage]:
+        """The row's lineage; several fields of one artifact share a single resolution.
+
+        Decided by what the resolver keeps (stored ids, a warm cache), it is answered at once:
+        a task and a DataLoader batch per row cost more than the decision itself.
+        """
         key = row.id if row.id is not None else id(row)
-        task = self._memo.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._resolve(row))
-            self._memo[key] = task
-        return task
+        resolution = self._memo.get(key)
+        if resolution is None:
+            kept = self.resolver.resolve_kept(row)
+            if kept is None:
+                resolution = asyncio.ensure_future(self._resolve(row))
+            else:
+                self.resolver.record(row, kept)
+                resolution = asyncio.get_running_loop().create_future()
+                resolution.set_result(kept)
+            self._memo[key] = resolution
+        return resolution
 
     async def _resolve(self, row: Artifact) -> Lineage:
         lineage = await resolve_row(row, self._loader.load)

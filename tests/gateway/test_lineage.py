@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -15,7 +16,10 @@ from sqlmodel import Session, select
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.lineage import Lineage, LineageStatus
 from gateway.models import Artifact
+from gateway.observability import Metrics
+from gateway.services import RequestLineage, build_resolver
 from gateway.settings import Settings
 from tests.faults import RecordingProxy, SilentListener
 from tests.servers import free_port
@@ -366,3 +370,35 @@ def test_a_run_in_an_experiment_created_after_the_list_was_read_is_found(
     assert data["lineage"]["status"] == "HYDRATED"
     # Found by listing the experiments again and searching only the new one.
     assert len(mlflow_proxy.paths("/api/2.0/mlflow/experiments/search")) == 2
+
+
+def test_lineage_decided_by_kept_lookups_is_answered_without_a_lookup(
+    settings: Settings, mlflow_proxy: RecordingProxy, mlflow: MlflowClient, experiment: str
+) -> None:
+    workflow = f"wf-{uuid.uuid4().hex[:8]}"
+    run_id = make_run(mlflow, experiment, workflow_id=workflow)
+    legacy = Artifact(id=1, name="legacy", artifact_type="llm", workflow_id=workflow)
+    stored = Artifact(id=2, name="stored", artifact_type="llm", run_id="r", experiment_id="e")
+    resolver = build_resolver(lineage_settings(settings, mlflow_proxy.url), Metrics())
+
+    async def reads() -> tuple[Lineage, bool, list[Lineage], list[bool]]:
+        try:
+            cold = RequestLineage(resolver).of(legacy)
+            cold_at_once = cold.done()
+            cold_lineage = await cold
+            mlflow_proxy.reset()
+            # Stored ids, and a lookup the cold read kept: decided with nothing to wait for.
+            later = [RequestLineage(resolver).of(row) for row in (stored, legacy)]
+            at_once = [resolution.done() for resolution in later]
+            return cold_lineage, cold_at_once, [await r for r in later], at_once
+        finally:
+            await resolver.backend.aclose()
+
+    cold, cold_at_once, (stored_lineage, warm), at_once = asyncio.run(reads())
+    assert cold.status is LineageStatus.HYDRATED
+    assert cold.run_id == run_id
+    assert cold_at_once is False  # the cold read had to ask MLflow
+    assert at_once == [True, True]
+    assert stored_lineage.status is LineageStatus.STORED
+    assert warm == cold
+    assert mlflow_proxy.paths("/api/2.0/mlflow/") == []

@@ -88,11 +88,17 @@ def candidates_of(row: Artifact) -> list[tuple[LineageSource, Key]]:
     return found
 
 
-def decide(row: Artifact, known: Mapping[Key, Outcome]) -> Lineage | Key:
-    """The row's lineage from the outcomes known so far, or the next key that must be looked up."""
+def decide(
+    row: Artifact,
+    known: Mapping[Key, Outcome],
+    candidates: list[tuple[LineageSource, Key]] | None = None,
+) -> Lineage | Key:
+    """The row's lineage from the outcomes known so far, or the next key that must be looked up.
+    `candidates` are the row's `candidates_of`, when the caller has them already."""
     if row.run_id and row.experiment_id:
         return Lineage(LineageStatus.STORED, LineageSource.ROW, row.run_id, row.experiment_id)
-    candidates = candidates_of(row)
+    if candidates is None:
+        candidates = candidates_of(row)
     if not candidates:
         return Lineage(LineageStatus.UNRESOLVED, reason="artifact has no run id and no workflow id")
     reasons = []

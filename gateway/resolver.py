@@ -23,7 +23,15 @@ from cachetools import TLRUCache
 from gateway import tracing
 from gateway.breaker import CircuitBreaker, CircuitOpenError
 from gateway.bytecache import SingleFlight
-from gateway.lineage import Key, Lineage, LineageStatus, Outcome, Unavailable, decide
+from gateway.lineage import (
+    Key,
+    Lineage,
+    LineageStatus,
+    Outcome,
+    Unavailable,
+    candidates_of,
+    decide,
+)
 from gateway.mlflow_backend import (
     WORKFLOW_RUNS_MAX,
     MlflowUnavailableError,
@@ -533,13 +541,15 @@ class LineageResolver:
         """The row's lineage from what this process keeps, when that decides it (stored ids,
         or every lookup it needs kept); None when a lookup must be made. Nothing is awaited:
         the batched path (a task, a DataLoader, `load_batch`) is for what is not kept."""
+        candidates = [] if row.run_id and row.experiment_id else candidates_of(row)
         known: dict[Key, Outcome] = {}
-        while not isinstance(step := decide(row, known), Lineage):
-            kept = self._cache.get(step)
+        for _source, key in candidates:  # what is kept, up to the first that is not
+            kept = self._cache.get(key)
             if kept is None:
-                return None
-            known[step] = kept[0]
-        return step
+                break
+            known[key] = kept[0]
+        step = decide(row, known, candidates)
+        return step if isinstance(step, Lineage) else None
 
     async def resolve_rows(self, rows: Sequence[Artifact]) -> list[Lineage]:
         """Lineage of many rows, in rounds: each round looks up every row's next key at once."""

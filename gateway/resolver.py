@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any, TypeVar
 
 import structlog
 from cachetools import TLRUCache
+from prometheus_client import Counter
+from structlog.typing import FilteringBoundLogger
 
 from gateway import tracing
 from gateway.breaker import CircuitBreaker, CircuitOpenError
@@ -59,6 +62,41 @@ class _Shared:
 
     run: RunRef | None
     until: float
+
+
+class ResolutionRecorder:
+    """Counts and logs resolutions (one event name per outcome) for one request or batch.
+
+    Its logger is bound once: the module's lazy logger binds anew at every call (4 us, a fifth
+    of what a warm legacy row costs), and a row whose event the level filters out builds no
+    fields for it.
+    """
+
+    def __init__(self, counter: Callable[[str, str], Counter]) -> None:
+        self._counter = counter
+        self._log: FilteringBoundLogger = log.bind()
+        self._info = self._log.is_enabled_for(logging.INFO)
+        self._warning = self._log.is_enabled_for(logging.WARNING)
+
+    def __call__(self, row: Artifact, lineage: Lineage) -> None:
+        """Count and log one resolution."""
+        status = lineage.status
+        self._counter(status.value, lineage.source.value if lineage.source else "none").inc()
+        if status is LineageStatus.STORED:
+            return  # nothing to tell: the row had its ids
+        if not (self._warning if status is LineageStatus.UNAVAILABLE else self._info):
+            return
+        fields: dict[str, Any] = {
+            "artifact_id": row.id,
+            "workflow_id": effective_workflow_id(row),
+            "run_id": lineage.run_id,
+        }
+        if status is LineageStatus.HYDRATED:
+            self._log.info("lineage.hydrated", source=lineage.source, **fields)
+        elif status is LineageStatus.UNRESOLVED:
+            self._log.info("lineage.unresolved", reason=lineage.reason, **fields)
+        else:
+            self._log.warning("lineage.unavailable", reason=lineage.reason, **fields)
 
 
 class LineageResolver:
@@ -105,6 +143,7 @@ class LineageResolver:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._warm_up: asyncio.Task[None] | None = None
         self._warm_up_deadline = 0.0
+        self._resolution_counters: dict[tuple[str, str], Counter] = {}
 
     # -- warm-up ------------------------------------------------------------------------------
     # Opening a local MLflow store (import, schema checks) takes seconds on a fresh process. That
@@ -561,28 +600,22 @@ class LineageResolver:
                 break
             known.update(zip(wanted, await self.load_batch(wanted), strict=True))
         lineages = [step for step in steps if isinstance(step, Lineage)]
+        record = self.recorder()
         for row, lineage in zip(rows, lineages, strict=True):
-            self.record(row, lineage)
+            record(row, lineage)
         return lineages
 
-    def record(self, row: Artifact, lineage: Lineage) -> None:
-        """Count and log one resolution (one event name per outcome)."""
-        self.metrics.lineage_resolutions.labels(
-            lineage.status.value, lineage.source.value if lineage.source else "none"
-        ).inc()
-        if lineage.status is LineageStatus.STORED:
-            return  # nothing to tell: the row had its ids
-        fields: dict[str, Any] = {
-            "artifact_id": row.id,
-            "workflow_id": effective_workflow_id(row),
-            "run_id": lineage.run_id,
-        }
-        if lineage.status is LineageStatus.HYDRATED:
-            log.info("lineage.hydrated", source=lineage.source, **fields)
-        elif lineage.status is LineageStatus.UNRESOLVED:
-            log.info("lineage.unresolved", reason=lineage.reason, **fields)
-        elif lineage.status is LineageStatus.UNAVAILABLE:
-            log.warning("lineage.unavailable", reason=lineage.reason, **fields)
+    def recorder(self) -> ResolutionRecorder:
+        """A recorder for one request or batch of resolutions (its logger bound once)."""
+        return ResolutionRecorder(self._resolution_counter)
+
+    def _resolution_counter(self, status: str, source: str) -> Counter:
+        # One child per label pair, kept: `labels()` validates and locks on every call.
+        child = self._resolution_counters.get((status, source))
+        if child is None:
+            child = self.metrics.lineage_resolutions.labels(status, source)
+            self._resolution_counters[(status, source)] = child
+        return child
 
     def clear_cache(self) -> None:
         """Forget cached lookups (after a repair, or in tests)."""

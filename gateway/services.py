@@ -282,6 +282,7 @@ class RequestLineage:
         self.resolver = resolver
         self._loader: DataLoader[Key, Outcome] = DataLoader(load_fn=resolver.load_batch)
         self._memo: dict[int, asyncio.Future[Lineage]] = {}
+        self._record = resolver.recorder()
 
     def of(self, row: Artifact) -> asyncio.Future[Lineage]:
         """The row's lineage; several fields of one artifact share a single resolution.
@@ -296,7 +297,7 @@ class RequestLineage:
             if kept is None:
                 resolution = asyncio.ensure_future(self._resolve(row))
             else:
-                self.resolver.record(row, kept)
+                self._record(row, kept)
                 resolution = asyncio.get_running_loop().create_future()
                 resolution.set_result(kept)
             self._memo[key] = resolution
@@ -304,5 +305,5 @@ class RequestLineage:
 
     async def _resolve(self, row: Artifact) -> Lineage:
         lineage = await resolve_row(row, self._loader.load)
-        self.resolver.record(row, lineage)
+        self._record(row, lineage)
         return lineage

@@ -144,7 +144,14 @@ class MlflowServer(ServerProcess):
             stdout=(self.root / "server.log").open("ab"),
             stderr=subprocess.STDOUT,
             cwd=self.root,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(MLFLOW_SITE), *_pythonpath()])},
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(MLFLOW_SITE), *_pythonpath()]),
+                # MLflow 3's job runner (a job process and eight huey consumers, each importing
+                # MLflow for seconds of CPU after /health answers) serves features the gateway
+                # never asks for; on 2 cores it competed with the tests and benchmarks.
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s

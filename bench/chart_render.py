@@ -1,7 +1,8 @@
 """Benchmark: chartkit.render_chart vs mplfinance on the same bars, overlays and panes.
 
 Prints medians over repeated runs after warm-up, and the ratio chartkit / mplfinance, at 100,
-500, 2000 and 20000 bars. Run with `make bench` or `uv run python bench/chart_render.py`.
+500, 2000 and 20000 bars (up to 2000 bars, the two renderers' samples taken in turn). Run with
+`make bench` or `uv run python bench/chart_render.py`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,21 @@ def median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 2) -> fl
     return statistics.median(samples)
 
 
+def alternating_medians(
+    ours: Callable[[], object], theirs: Callable[[], object], repeat: int
+) -> tuple[float, float]:
+    """Median seconds of each, after a warm-up of each, their samples taken in turn."""
+    for fn in (ours, theirs, ours, theirs):
+        fn()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeat):
+        for fn, taken in ((ours, samples[0]), (theirs, samples[1])):
+            started = time.perf_counter()
+            fn()
+            taken.append(time.perf_counter() - started)
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=10)
@@ -77,12 +93,21 @@ def main() -> None:
     for n in (100, 500, 2000, 20000):
         bars = random_walk_bars(n, seed=7, step=pd.Timedelta(minutes=5).to_pytimedelta())
         frame = load_snapshot(bars)
-        ours = median_seconds(lambda b=bars: render_chart(b, SPEC), args.repeat)
+        if n <= 2000:
+            # Samples alternate with the baseline's, so a slow spell of this shared machine
+            # lands on both (as bench/lineage.py and bench/load.py do).
+            ours, theirs = alternating_medians(
+                lambda b=bars: render_chart(b, SPEC),
+                lambda f=frame: mplfinance_render(f),
+                args.repeat,
+            )
+        else:
+            # mplfinance draws every bar it is given (20000 here): a few samples of it alone.
+            ours = median_seconds(lambda b=bars: render_chart(b, SPEC), args.repeat)
+            repeat = max(3, args.repeat // 3)
+            theirs = median_seconds(lambda f=frame: mplfinance_render(f), repeat, warmup=1)
         if n == 500:
             chartkit_500 = ours
-        # mplfinance draws every bar it is given; past 2000 it is given all 20000.
-        repeat = args.repeat if n <= 2000 else max(3, args.repeat // 3)
-        theirs = median_seconds(lambda f=frame: mplfinance_render(f), repeat, warmup=1)
         print(f"{n:>6} {ours * 1000:>12.1f} {theirs * 1000:>14.1f} {ours / theirs:>7.3f}")
     assert chartkit_500 is not None
     # The two sizes in turn, after the table. Timed apart (the 500-bar figure first, the

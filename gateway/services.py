@@ -8,6 +8,7 @@ a path id becomes a row; `RequestLineage` batches one request's lineage lookups.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +32,7 @@ from gateway.lineage import Key, Lineage, Outcome, resolve_row
 from gateway.mlflow_backend import make_backend
 from gateway.models import Artifact
 from gateway.observability import Metrics
-from gateway.resolver import LineageResolver
+from gateway.resolver import LineageResolver, ResolutionRecorder
 from gateway.restricted import StoredMetadata, StoredMetadataMemo, read_metadata_text
 from gateway.rows import snapshot_of
 from gateway.runs import RunCatalog
@@ -282,7 +283,12 @@ class RequestLineage:
         self.resolver = resolver
         self._loader: DataLoader[Key, Outcome] = DataLoader(load_fn=resolver.load_batch)
         self._memo: dict[int, asyncio.Future[Lineage]] = {}
-        self._record = resolver.recorder()
+
+    @functools.cached_property
+    def _record(self) -> ResolutionRecorder:
+        # Made at the first resolution: most requests (a page of names, a run, a kept answer)
+        # resolve none, and binding a logger costs each of them 6 us.
+        return self.resolver.recorder()
 
     def of(self, row: Artifact) -> asyncio.Future[Lineage]:
         """The row's lineage; several fields of one artifact share a single resolution.

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -291,7 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.observability import configure_logging
 
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # A configuration the gateway refuses (production guardrails, a malformed value): say
+        # which setting and why, without a traceback, and exit as argparse does for bad usage.
+        for error in exc.errors():
+            print(f"gateway: configuration refused: {error['msg']}", file=sys.stderr)
+        return 2
     # Logs go to stderr so the command's own output (tables, SDL) stays clean on stdout.
     configure_logging(log_format=settings.log_format, level=settings.log_level, stream=sys.stderr)
     code: int = args.handler(args, settings)

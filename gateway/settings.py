@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Production refuses shorter admin tokens: they can be guessed.
 MIN_ADMIN_TOKEN = 24
+# Production refuses a shorter Redis signing key (bytes of UTF-8): HMAC keys this short can be
+# searched for.
+MIN_REDIS_SIGNING_KEY = 32
+# Signs shared entries when no GATEWAY_REDIS_SIGNING_KEY is set (development only): entries stay
+# bound to their own key, so a value copied under another key is still refused, but anyone who
+# reads this file can forge one. Production refuses to start without a key of its own.
+DEVELOPMENT_REDIS_SIGNING_KEY = "artifact-lineage-gateway development signing key"
 
 
 class Settings(BaseSettings):
@@ -118,6 +125,25 @@ class Settings(BaseSettings):
     redis_max_chart_mb: int = Field(
         default=4, ge=1, le=512, validation_alias="GATEWAY_REDIS_MAX_CHART_MB"
     )
+    # The fleet's secret for the HMAC that binds every shared entry to its key (required in
+    # production when GATEWAY_REDIS_URL is set; every replica of a fleet has the same one).
+    redis_signing_key: SecretStr | None = Field(
+        default=None, validation_alias="GATEWAY_REDIS_SIGNING_KEY"
+    )
+
+    # Incoming W3C `baggage` is ignored unless this says the callers are trusted (tracecontext
+    # only): it is the client's text. Trusted, it is read into the process; never sent on.
+    trace_trust_baggage: bool = Field(default=False, validation_alias="GATEWAY_TRACE_TRUST_BAGGAGE")
+    # Largest request header block the server reads (all header lines together, in bytes);
+    # a bigger one is answered 431 before the app sees it.
+    max_request_header_bytes: int = Field(
+        default=16_384, ge=1024, le=1_048_576, validation_alias="GATEWAY_MAX_REQUEST_HEADER_BYTES"
+    )
+    # Longest log line the gateway writes (bytes of the rendered line); longer field values are cut
+    # and the line says so (`truncated`).
+    log_max_line_bytes: int = Field(
+        default=8_192, ge=512, le=1_048_576, validation_alias="GATEWAY_LOG_MAX_LINE_BYTES"
+    )
 
     @field_validator("minio_allowed_buckets", "cors_origins", mode="before")
     @classmethod
@@ -126,6 +152,26 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _production_guardrails(self) -> Settings:
+        # Fail closed: a production fleet sharing Redis must sign what it shares.
+        if self.production and self.redis_url is not None:
+            key = self.redis_signing_key.get_secret_value() if self.redis_signing_key else ""
+            if len(key.encode("utf-8")) < MIN_REDIS_SIGNING_KEY:
+                raise ValueError(
+                    "GATEWAY_REDIS_SIGNING_KEY of at least "
+                    f"{MIN_REDIS_SIGNING_KEY} bytes is required in production when "
+                    "GATEWAY_REDIS_URL is set"
+                )
+        return self
+
+    @property
+    def redis_signing_secret(self) -> bytes:
+        """The HMAC key of shared entries: GATEWAY_REDIS_SIGNING_KEY, else the development key."""
+        if self.redis_signing_key is not None and self.redis_signing_key.get_secret_value():
+            return self.redis_signing_key.get_secret_value().encode("utf-8")
+        return DEVELOPMENT_REDIS_SIGNING_KEY.encode("utf-8")
 
     @property
     def production(self) -> bool:

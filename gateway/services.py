@@ -141,6 +141,7 @@ def build_shared_store(settings: Settings, metrics: Metrics) -> SharedStore | No
         timeout_s=settings.redis_timeout_s,
         metrics=metrics,
         max_chart_bytes=settings.redis_max_chart_mb * 1024 * 1024,
+        signing_key=settings.redis_signing_secret,
     )
 
 

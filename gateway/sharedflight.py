@@ -9,7 +9,10 @@ task per replica takes part. `SharedFlight.run`:
    back;
 3. a replica that finds the lease held waits for the value, polling, up to `wait_s` (the
    work's own deadline). When the lease is gone without a value (its holder failed or died) it
-   takes the lease and does the work itself. Past `wait_s`: `SharedWaitTimeout`.
+   takes the lease and does the work itself. Past `wait_s`: `SharedWaitTimeout`. A lease no
+   replica could hold (no TTL, a TTL past `LEASE_S`, a token not signed by this fleet: written
+   by someone else) is broken and taken by whoever asks for it (`SharedStore.acquire`): it
+   costs a round trip, never more than `LEASE_S`.
 Redis failing at any step: the work is done here, as it is without Redis.
 """
 
@@ -26,7 +29,8 @@ from gateway.observability import Metrics
 from gateway.sharedstore import RedisUnavailable, SharedStore
 
 V = TypeVar("V")
-# A lease lapses this long after its holder last renewed it (renewed every third of it).
+# A lease lapses this long after its holder last renewed it (renewed every third of it). Also
+# the longest TTL a lease can rightly have: one with more left is broken (see above).
 LEASE_S = 3.0
 FIRST_POLL_S = 0.01
 LAST_POLL_S = 0.1

@@ -42,10 +42,15 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
+# What the operator must export before `docker compose up` (the file has no default for it).
+OPERATOR_ENV = {"GATEWAY_REDIS_SIGNING_KEY": "o" * 64}
+
+
 def gateway_env(compose: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, str]:
     raw = compose["services"]["gateway"]["environment"]
     assert isinstance(raw, dict), "gateway.environment is a mapping"
-    return {key: interpolate(str(value), env or {}) for key, value in raw.items()}
+    given = {**OPERATOR_ENV, **(env or {})}
+    return {key: interpolate(str(value), given) for key, value in raw.items()}
 
 
 def settings_variables() -> set[str]:
@@ -152,6 +157,37 @@ def test_several_replicas_share_a_bounded_redis(compose: dict[str, Any]) -> None
     command = [interpolate(str(part), {}) for part in services["redis"]["command"]]
     assert command[command.index("--maxmemory") + 1] == "256mb"
     assert command[command.index("--maxmemory-policy") + 1] == "allkeys-lru"
+
+
+def test_redis_asks_for_the_password_the_gateway_connects_with(compose: dict[str, Any]) -> None:
+    redis = compose["services"]["redis"]
+    command = [interpolate(str(part), {}) for part in redis["command"]]
+    password = command[command.index("--requirepass") + 1]
+    assert password
+    settings = Settings.model_validate({k: v for k, v in gateway_env(compose).items() if v != ""})
+    assert settings.redis_url is not None
+    assert urlsplit(settings.redis_url.get_secret_value()).password == password
+    # The health check authenticates too (a NOAUTH answer is not a PONG).
+    assert interpolate(redis["environment"]["REDISCLI_AUTH"], {}) == password
+    assert "grep -q PONG" in redis["healthcheck"]["test"][1]
+    chosen = gateway_env(compose, {"REDIS_PASSWORD": "chosen-by-the-operator"})
+    chosen_url = Settings.model_validate({k: v for k, v in chosen.items() if v != ""}).redis_url
+    assert chosen_url is not None
+    assert urlsplit(chosen_url.get_secret_value()).password == "chosen-by-the-operator"
+
+
+def test_the_fleet_signs_what_it_shares_in_redis(compose: dict[str, Any]) -> None:
+    settings = Settings.model_validate({k: v for k, v in gateway_env(compose).items() if v != ""})
+    assert settings.production
+    assert len(settings.redis_signing_secret) >= 32
+    chosen = gateway_env(compose, {"GATEWAY_REDIS_SIGNING_KEY": "k" * 40})
+    assert Settings.model_validate(chosen).redis_signing_secret == b"k" * 40
+
+
+def test_the_stack_refuses_to_start_without_a_signing_key(compose: dict[str, Any]) -> None:
+    raw = str(compose["services"]["gateway"]["environment"]["GATEWAY_REDIS_SIGNING_KEY"])
+    with pytest.raises(KeyError, match="GATEWAY_REDIS_SIGNING_KEY"):
+        interpolate(raw, {})
 
 
 def test_the_admin_token_fails_closed_unless_the_operator_sets_a_long_one(

@@ -19,7 +19,7 @@ from gateway.lineage import Key, Outcome, Unavailable
 from gateway.mlflow_backend import RunRef, make_backend
 from gateway.observability import Metrics
 from gateway.resolver import LineageResolver
-from gateway.sharedflight import SharedFlight, SharedWaitTimeout
+from gateway.sharedflight import LEASE_S, SharedFlight, SharedWaitTimeout
 from gateway.sharedstore import RETRY_S, SharedStore
 from tests.faults import RecordingProxy, SilentListener
 from tests.servers import RedisServer, free_port
@@ -369,7 +369,10 @@ def test_a_waiter_gives_up_at_its_deadline_while_another_replica_holds_the_work(
     async def scenario() -> None:
         holder, waiter = store_for(redis_url), store_for(redis_url)
         try:
-            assert await holder.acquire(holder.key("lease", "chart", "w"), ttl_s=30) is not None
+            # A lease as a replica holds it (`LEASE_S`, renewed): one with a longer TTL no
+            # replica could hold, and the waiter would break it.
+            lease = await holder.acquire(holder.key("lease", "chart", "w"), ttl_s=LEASE_S)
+            assert lease is not None
 
             async def produce() -> bytes:
                 raise AssertionError("the waiter must not produce while the lease is held")

@@ -21,6 +21,9 @@ class CircuitOpenError(Exception):
 class CircuitBreaker:
     """Consecutive-failure breaker: open after `threshold` failures, one trial after `cooldown_s`.
 
+    Only outages count (MlflowUnavailableError: no connection, a 5xx; TimeoutError). A request
+    MLflow refuses (MlflowRequestRefusedError, a 4xx) passes through uncounted, neither opening
+    nor closing the circuit: MLflow answered, and a client must not be able to open it for all.
     Small and async-native on purpose: the maintained breaker libraries are sync-first.
     """
 

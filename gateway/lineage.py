@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from gateway.mlflow_backend import RunRef
+from gateway.mlflow_runs import is_mlflow_id
 from gateway.models import Artifact
 from gateway.rows import artifact_key_run_id, effective_workflow_id, metadata_run_id
 
@@ -63,19 +64,45 @@ class Unavailable:
     reason: str
 
 
-Outcome: TypeAlias = RunRef | Unavailable | None
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A lookup that MLflow answered by refusing it (HTTP 4xx): it fails, MLflow is up (not
+    cached; never feeds the breaker)."""
+
+    reason: str = "MLflow refused the lookup"
+
+
+Outcome: TypeAlias = RunRef | Unavailable | Refused | None
 Key: TypeAlias = tuple[str, str]  # ("run", run_id) or ("workflow", workflow_id)
 
 
+def stored_problem(row: Artifact) -> str | None:
+    """Why the ids stored on the row cannot be MLflow's (then the row is never looked up by
+    them), or None when they can be or none is stored."""
+    if row.run_id and not is_mlflow_id(row.run_id):
+        return "the stored run_id is not an MLflow run id"
+    if row.run_id and row.experiment_id and not is_mlflow_id(row.experiment_id):
+        return "the stored experiment_id is not an MLflow experiment id"
+    return None
+
+
+def _metadata_problem(row: Artifact) -> str | None:
+    meta_run = metadata_run_id(row)
+    if meta_run and not is_mlflow_id(meta_run):
+        return "metadata.mlflow_run_id is not an MLflow run id"
+    return None
+
+
 def candidates_of(row: Artifact) -> list[tuple[LineageSource, Key]]:
-    """The lookups that can resolve a row, in the design's order (none for stored ids)."""
-    if row.run_id and row.experiment_id:
-        return []
+    """The lookups that can resolve a row, in the design's order (none for stored ids, nor for
+    a stored value that cannot be an MLflow id: that is never sent to MLflow)."""
     if row.run_id:
+        if row.experiment_id or stored_problem(row) is not None:
+            return []
         return [(LineageSource.ROW, ("run", row.run_id))]
     found: list[tuple[LineageSource, Key]] = []
     meta_run = metadata_run_id(row)
-    if meta_run:
+    if meta_run and is_mlflow_id(meta_run):
         found.append((LineageSource.METADATA_RUN_ID, ("run", meta_run)))
     key_run = artifact_key_run_id(row)
     if key_run and key_run != meta_run:
@@ -95,13 +122,21 @@ def decide(
 ) -> Lineage | Key:
     """The row's lineage from the outcomes known so far, or the next key that must be looked up.
     `candidates` are the row's `candidates_of`, when the caller has them already."""
+    problem = stored_problem(row)
+    if problem is not None:
+        # A field error of this row, told as its lineage: the value is never sent to MLflow.
+        return Lineage(LineageStatus.UNRESOLVED, LineageSource.ROW, reason=problem)
     if row.run_id and row.experiment_id:
         return Lineage(LineageStatus.STORED, LineageSource.ROW, row.run_id, row.experiment_id)
     if candidates is None:
         candidates = candidates_of(row)
-    if not candidates:
-        return Lineage(LineageStatus.UNRESOLVED, reason="artifact has no run id and no workflow id")
     reasons = []
+    if not row.run_id and (metadata_problem := _metadata_problem(row)) is not None:
+        reasons.append(metadata_problem)
+    if not candidates:
+        if reasons:
+            return Lineage(LineageStatus.UNRESOLVED, reason="; ".join(reasons))
+        return Lineage(LineageStatus.UNRESOLVED, reason="artifact has no run id and no workflow id")
     for source, key in candidates:
         if key not in known:
             return key
@@ -110,6 +145,9 @@ def decide(
             return Lineage(LineageStatus.HYDRATED, source, outcome.run_id, outcome.experiment_id)
         if isinstance(outcome, Unavailable):
             return Lineage(LineageStatus.UNAVAILABLE, source, reason=outcome.reason)
+        if isinstance(outcome, Refused):
+            reasons.append(outcome.reason)
+            continue
         kind, value = key
         reasons.append(
             f"MLflow run {value} not found"

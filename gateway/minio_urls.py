@@ -13,7 +13,8 @@ from urllib.parse import unquote, urlsplit
 
 from gateway.settings import Settings
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Matched against the whole string (`fullmatch`), never `^...$` with `match`.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MAX_URL = 2048
 _MAX_KEY = 1024
 
@@ -66,7 +67,7 @@ def parse_minio_url(url: Any, settings: Settings) -> ObjectLocation | UrlRefusal
         bucket, _, raw_key = parts.path.partition("/")
     else:
         return UrlRefusal(f"minio_url scheme {scheme!r} is not accepted")
-    if not _BUCKET.match(bucket) or ".." in bucket:
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
         return UrlRefusal("minio_url has no valid bucket")
     if bucket not in settings.minio_allowed_buckets:
         return UrlRefusal(f"bucket {bucket!r} is not in MINIO_ALLOWED_BUCKETS")

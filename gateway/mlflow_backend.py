@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
 import httpx
+import structlog
 
 from gateway.mlflow_runs import (
+    MAX_VALUE_CHARS,
     Experiment,
     RunRecord,
     experiment_from_rest,
@@ -26,11 +29,20 @@ from gateway.mlflow_runs import (
     run_from_rest,
 )
 
-# MLflow run ids are hex; anything else is refused before it reaches a filter string.
-_SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+log = structlog.get_logger("gateway.mlflow")
+# MLflow run ids are hex; anything else is refused before it reaches a filter string. Matched
+# against the whole string (`fullmatch`): `^...$` with `match` lets a final newline through.
+_SAFE_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SEARCH_PAGE = 100
 # A workflow's runs shown at most (newest first): a DAG run is a handful of MLflow runs.
 WORKFLOW_RUNS_MAX = 200
+# Pages of a LIKE search read at most to find a workflow's own runs among look-alikes (a
+# workflow id full of `%` and `_` matches many runs: past this, the rest are not looked at).
+LIKE_PAGES_MAX = 5
+# Statuses that mean MLflow (or what fronts it) is overloaded or too slow: an outage, like 5xx.
+_OUTAGE_STATUSES = frozenset({408, 429})
+# How much of another service's error text goes into the log (never to a client).
+_LOGGED_TEXT = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +59,16 @@ def ref_of(run: RunRecord) -> RunRef:
 
 
 class MlflowUnavailableError(Exception):
-    """MLflow could not be reached or answered with a server error."""
+    """MLflow could not be reached, was too slow, or answered with a server error (an outage)."""
+
+
+class MlflowRequestRefusedError(Exception):
+    """MLflow answered and refused this request (HTTP 4xx): the lookup fails, MLflow is up."""
 
 
 def safe_run_ids(run_ids: Sequence[str]) -> list[str]:
     """Run ids that can be put in a filter string; others cannot exist in MLflow anyway."""
-    return [r for r in run_ids if _SAFE_RUN_ID.match(r)]
+    return [r for r in run_ids if isinstance(r, str) and _SAFE_RUN_ID.fullmatch(r)]
 
 
 def run_id_filter(run_ids: Sequence[str]) -> str:
@@ -60,22 +76,63 @@ def run_id_filter(run_ids: Sequence[str]) -> str:
     return "attributes.run_id IN (" + ", ".join(f"'{r}'" for r in run_ids) + ")"
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowSearch:
+    """How a workflow's runs are searched: an exact `=` filter, or a `LIKE` pattern whose runs
+    are then narrowed here to those tagged with exactly the workflow id."""
+
+    filter_string: str
+    exact: bool
+
+
+def _awkward(ch: str) -> bool:
+    # Control characters are stored by some MLflow databases and refused by others (NUL in
+    # PostgreSQL: a server error, which would count as an outage): never sent literally.
+    return ch in "'\"\\" or unicodedata.category(ch) == "Cc"
+
+
+def workflow_search(workflow_id: str) -> WorkflowSearch | None:
+    """The search for runs tagged workflow_id = `workflow_id`; None when no MLflow tag can hold
+    the value (empty, longer than MLflow allows, or not encodable as UTF-8).
+
+    MLflow's filter parser (sqlparse, then the quotes trimmed) has no escape: a value is exact
+    inside a quote kind it does not contain. Backslashes are literal there. A value holding both
+    kinds (or control characters) becomes a LIKE pattern with `_` for each such character, and
+    the runs it matches are narrowed by their tag value.
+    """
+    if not workflow_id or len(workflow_id) > MAX_VALUE_CHARS:
+        return None
+    try:
+        workflow_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no MLflow tag holds one
+        return None
+    if not any(unicodedata.category(ch) == "Cc" for ch in workflow_id):
+        for quote in ("'", '"'):
+            if quote not in workflow_id:
+                return WorkflowSearch(f"tags.workflow_id = {quote}{workflow_id}{quote}", True)
+    # `_` for every awkward character (a backslash too: PostgreSQL's LIKE escapes with it).
+    # `%` and `_` in the value stay wildcards: they only widen the match.
+    pattern = "".join("_" if _awkward(ch) else ch for ch in workflow_id)
+    return WorkflowSearch(f"tags.workflow_id LIKE '{pattern}'", False)
+
+
 def workflow_filter(workflow_id: str) -> str | None:
-    """`tags.workflow_id = '...'`, or None when no MLflow quoting can express the value."""
-    for quote in ("'", '"'):
-        if quote not in workflow_id and "\\" not in workflow_id:
-            return f"tags.workflow_id = {quote}{workflow_id}{quote}"
-    return None
+    """The exact filter `tags.workflow_id = ...`, or None when no exact filter can express the
+    value (see `workflow_search`): callers that take the first run a filter finds need it."""
+    search = workflow_search(workflow_id)
+    return search.filter_string if search is not None and search.exact else None
 
 
 class SearchBackend:
-    """The lookups, built once on two primitives each backend provides."""
+    """The lookups, built once on the primitives each backend provides: `experiments`, and
+    `search_page` (or, for a backend that does not page, `search`: each defaults to the other)."""
 
     async def experiments(self) -> list[Experiment]:
         """The active experiments, with their names."""
         raise NotImplementedError
 
     async def experiment_ids(self) -> list[str]:
+        """The active experiments' ids."""
         return [experiment.experiment_id for experiment in await self.experiments()]
 
     async def search(
@@ -87,11 +144,33 @@ class SearchBackend:
         order_by: list[str] | None = None,
     ) -> list[RunRecord]:
         """Runs matching an MLflow filter string in these experiments."""
-        raise NotImplementedError
+        runs, _token = await self.search_page(
+            experiment_ids, filter_string, max_results=max_results, order_by=order_by
+        )
+        return runs
+
+    async def search_page(
+        self,
+        experiment_ids: Sequence[str],
+        filter_string: str,
+        *,
+        max_results: int,
+        order_by: list[str] | None = None,
+        page_token: str | None = None,
+    ) -> tuple[list[RunRecord], str | None]:
+        """One page of a search and the token of the next (None: there is none).
+
+        Backends page; one that only implements `search` answers a single page.
+        """
+        runs = await self.search(
+            experiment_ids, filter_string, max_results=max_results, order_by=order_by
+        )
+        return runs, None
 
     async def runs_by_id(
         self, run_ids: Sequence[str], experiment_ids: Sequence[str]
     ) -> list[RunRecord]:
+        """The runs with these ids (ids that cannot be MLflow's are not asked about)."""
         found: list[RunRecord] = []
         safe = safe_run_ids(run_ids)
         for start in range(0, len(safe), SEARCH_PAGE):
@@ -102,6 +181,7 @@ class SearchBackend:
     async def latest_run_for_workflow(
         self, workflow_id: str, experiment_ids: Sequence[str]
     ) -> RunRecord | None:
+        """The newest run tagged with this workflow id, or None."""
         runs = await self.workflow_runs(workflow_id, experiment_ids, max_results=1)
         return runs[0] if runs else None
 
@@ -109,20 +189,37 @@ class SearchBackend:
         self, workflow_id: str, experiment_ids: Sequence[str], *, max_results: int
     ) -> list[RunRecord]:
         """Runs tagged workflow_id = `workflow_id`, newest first (MLflow breaks a tie by run id)."""
-        filter_string = workflow_filter(workflow_id)
-        if filter_string is None:
+        search = workflow_search(workflow_id)
+        if search is None:
             return []
-        return await self.search(
-            experiment_ids,
-            filter_string,
-            max_results=max_results,
-            order_by=["attributes.start_time DESC"],
-        )
+        order_by = ["attributes.start_time DESC"]
+        if search.exact:
+            return await self.search(
+                experiment_ids, search.filter_string, max_results=max_results, order_by=order_by
+            )
+        # A LIKE pattern also matches look-alikes, possibly newer: page (in MLflow's order)
+        # until enough runs carry exactly this tag.
+        found: list[RunRecord] = []
+        token: str | None = None
+        for _ in range(LIKE_PAGES_MAX):
+            page, token = await self.search_page(
+                experiment_ids,
+                search.filter_string,
+                max_results=SEARCH_PAGE,
+                order_by=order_by,
+                page_token=token,
+            )
+            found += [run for run in page if run.workflow_id == workflow_id]
+            if len(found) >= max_results or not token:
+                break
+        return found[:max_results]
 
     async def warm_up(self) -> None:
+        """Open the backend before users ask (a no-op unless opening is slow)."""
         return None
 
     async def aclose(self) -> None:
+        """Release connections."""
         return None
 
 
@@ -143,19 +240,32 @@ class RestBackend(SearchBackend):
             HTTPXClientInstrumentor.instrument_client(self._client)
 
     async def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        # MLflow's own text (and a proxy's page) is logged here, with the request id the
+        # context carries, and never put in an error: errors become reasons clients read.
         try:
             response = await self._client.post(f"/api/2.0/mlflow/{path}", json=payload)
         except httpx.HTTPError as exc:
             raise MlflowUnavailableError(f"{type(exc).__name__} calling {path}") from exc
-        if response.status_code >= 400:
-            raise MlflowUnavailableError(
-                f"HTTP {response.status_code} from {path}: {response.text[:200]}"
+        status = response.status_code
+        if status >= 400:
+            refused = status < 500 and status not in _OUTAGE_STATUSES
+            log.warning(
+                "mlflow.refused" if refused else "mlflow.server_error",
+                path=path,
+                status=status,
+                body=response.text[:_LOGGED_TEXT],
             )
+            if refused:
+                raise MlflowRequestRefusedError(f"HTTP {status} from {path}")
+            raise MlflowUnavailableError(f"HTTP {status} from {path}")
         try:
-            body: dict[str, Any] = response.json()
+            body = response.json()
         except ValueError as exc:
+            log.warning(
+                "mlflow.invalid_answer", path=path, status=status, body=response.text[:_LOGGED_TEXT]
+            )
             raise MlflowUnavailableError(f"invalid JSON from {path}") from exc
-        return body
+        return body if isinstance(body, dict) else {}
 
     async def experiments(self) -> list[Experiment]:
         found: list[Experiment] = []
@@ -171,14 +281,16 @@ class RestBackend(SearchBackend):
             if not isinstance(token, str) or not token:
                 return found
 
-    async def search(
+    async def search_page(
         self,
         experiment_ids: Sequence[str],
         filter_string: str,
         *,
         max_results: int,
         order_by: list[str] | None = None,
-    ) -> list[RunRecord]:
+        page_token: str | None = None,
+    ) -> tuple[list[RunRecord], str | None]:
+        """One page of `runs/search`, and the next page's token."""
         payload: dict[str, Any] = {
             "experiment_ids": list(experiment_ids),
             "filter": filter_string,
@@ -186,10 +298,15 @@ class RestBackend(SearchBackend):
         }
         if order_by:
             payload["order_by"] = order_by
+        if page_token:
+            payload["page_token"] = page_token
         body = await self._post("runs/search", payload)
-        return [run for run in map(run_from_rest, _list(body.get("runs"))) if run is not None]
+        runs = [run for run in map(run_from_rest, _list(body.get("runs"))) if run is not None]
+        token = body.get("next_page_token")
+        return runs, token if isinstance(token, str) and token else None
 
     async def aclose(self) -> None:
+        """Close the pooled client."""
         await self._client.aclose()
 
 
@@ -215,38 +332,65 @@ class LocalStoreBackend(SearchBackend):
             try:
                 return getattr(self._get_client(), method)(*args, **kwargs)
             except Exception as exc:
-                # The local store raises MlflowException or SQLAlchemy errors alike.
-                raise MlflowUnavailableError(f"{type(exc).__name__}: {exc}"[:200]) from exc
+                # The local store raises MlflowException (with an HTTP status: 4xx for a
+                # request it refuses) or SQLAlchemy errors alike. Their text is logged only.
+                refused = _is_refusal(exc)
+                log.warning(
+                    "mlflow.refused" if refused else "mlflow.store_error",
+                    operation=method,
+                    error=f"{type(exc).__name__}: {exc}"[:_LOGGED_TEXT],
+                )
+                if refused:
+                    raise MlflowRequestRefusedError(f"{method} refused by the store") from exc
+                raise MlflowUnavailableError(f"{type(exc).__name__} from the store") from exc
 
+        # anyio runs `call` in a copy of this context: the log lines carry the request id.
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
 
     async def experiments(self) -> list[Experiment]:
         experiments = await self._run("search_experiments", max_results=50_000)
         return [Experiment(e.experiment_id, e.name) for e in experiments]
 
-    async def search(
+    async def search_page(
         self,
         experiment_ids: Sequence[str],
         filter_string: str,
         *,
         max_results: int,
         order_by: list[str] | None = None,
-    ) -> list[RunRecord]:
+        page_token: str | None = None,
+    ) -> tuple[list[RunRecord], str | None]:
+        """One page of `search_runs`, and the next page's token."""
         runs = await self._run(
             "search_runs",
             list(experiment_ids),
             filter_string=filter_string,
             max_results=max_results,
             order_by=order_by,
+            page_token=page_token,
         )
-        return [run for run in map(run_from_entity, runs) if run is not None]
+        token = getattr(runs, "token", None)
+        found = [run for run in map(run_from_entity, runs) if run is not None]
+        return found, token if isinstance(token, str) and token else None
 
     async def warm_up(self) -> None:
         # Opening a local store can take seconds (schema checks); do it before users ask.
         try:
             await self.experiment_ids()
-        except MlflowUnavailableError:
+        except (MlflowUnavailableError, MlflowRequestRefusedError):
             return
+
+
+def _is_refusal(exc: Exception) -> bool:
+    """An MLflow store error that refuses the request (4xx), not one of the store failing."""
+    status = getattr(exc, "get_http_status_code", None)
+    if not callable(status):
+        return False
+    try:
+        code = status()
+    except Exception:  # an odd exception type: not a refusal MLflow stated
+        return False
+    return isinstance(code, int) and 400 <= code < 500 and code not in _OUTAGE_STATUSES
 
 
 def _list(value: Any) -> list[Any]:

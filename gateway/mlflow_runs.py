@@ -23,7 +23,8 @@ SYSTEM_TAG_PREFIX = "mlflow."
 # older servers); a longer value did not come from MLflow's own validation and is cut.
 MAX_KEY_CHARS = 250
 MAX_VALUE_CHARS = 8000
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Matched against the whole string (`fullmatch`): `^...$` with `match` lets a final newline by.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Milliseconds since the epoch that Python's datetime can hold (years 1-9999 UTC), from 1970.
 _MAX_EPOCH_MS = 253_402_300_799_999
 
@@ -85,7 +86,7 @@ class RunRecord:
 
 def is_mlflow_id(value: Any) -> bool:
     """An id as MLflow writes them (runs: hex; experiments: digits), safe in a filter string."""
-    return isinstance(value, str) and _ID.match(value) is not None
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -94,7 +95,8 @@ def _text(value: Any, limit: int) -> str | None:
 
 def _epoch_ms(value: Any) -> datetime | None:
     """A time from MLflow's milliseconds (an int, or the decimal string int64 becomes in JSON)."""
-    if isinstance(value, str) and value.isdigit() and len(value) <= 16:
+    # ASCII digits only: `isdigit` also holds for "²" (which `int` refuses) and other scripts.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_EPOCH_MS:
         return None

@@ -169,7 +169,7 @@ def fetch_png(
     try:
         headers = response.headers
         length = headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > max_bytes:
+        if length is not None and length.isascii() and length.isdigit() and int(length) > max_bytes:
             return FetchFailure("too_large", f"object is {length} bytes, cap is {max_bytes}")
         content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if content_type and content_type not in (

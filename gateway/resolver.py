@@ -31,12 +31,14 @@ from gateway.lineage import (
     Lineage,
     LineageStatus,
     Outcome,
+    Refused,
     Unavailable,
     candidates_of,
     decide,
 )
 from gateway.mlflow_backend import (
     WORKFLOW_RUNS_MAX,
+    MlflowRequestRefusedError,
     MlflowUnavailableError,
     RunRef,
     SearchBackend,
@@ -169,7 +171,7 @@ class LineageResolver:
         self._prefetch = asyncio.ensure_future(self._prefetch_experiments())
 
     async def _prefetch_experiments(self) -> None:
-        with contextlib.suppress(MlflowUnavailableError, TimeoutError, CircuitOpenError):
+        with contextlib.suppress(*LOOKUP_FAILURES):
             await self._experiment_ids()
 
     @property
@@ -235,6 +237,9 @@ class LineageResolver:
                 except MlflowUnavailableError:
                     outcome = "error"
                     raise
+                except MlflowRequestRefusedError:
+                    outcome = "refused"
+                    raise
                 finally:
                     self.metrics.mlflow_request_seconds.labels(operation, outcome).observe(
                         time.perf_counter() - started
@@ -242,7 +247,12 @@ class LineageResolver:
 
         with tracing.span(f"mlflow.{name}", **{"mlflow.search_by": how or None}):
             try:
+                # A refusal passes the breaker uncounted: only outages open it.
                 return await self.breaker.call(timed)
+            except MlflowRequestRefusedError as exc:
+                tracing.mark_error("MLflow refused the request")
+                log.warning("lineage.mlflow_refused", operation=operation, error=str(exc))
+                raise
             except (MlflowUnavailableError, TimeoutError, CircuitOpenError) as exc:
                 reason = "timeout" if isinstance(exc, TimeoutError) else str(exc)
                 tracing.mark_error(reason)
@@ -384,8 +394,8 @@ class LineageResolver:
         started = time.monotonic()
         try:
             experiments = await self._experiment_ids()
-        except (MlflowUnavailableError, TimeoutError, CircuitOpenError) as exc:
-            return dict.fromkeys(keys, unavailable_of(exc))
+        except LOOKUP_FAILURES as exc:
+            return dict.fromkeys(keys, failure_of(exc))
         listed_at = self._experiments[0] if self._experiments is not None else started
         # The list may predate an experiment holding a run asked for (it was read at start-up,
         # or up to EXPERIMENTS_TTL_S ago): keys not found are searched again in the experiments
@@ -397,14 +407,18 @@ class LineageResolver:
         if missed and provisional:
             try:
                 current = await self._experiment_ids(listed_since=started)
-            except (MlflowUnavailableError, TimeoutError, CircuitOpenError):
+            except LOOKUP_FAILURES:
                 return results
             known = set(experiments)
             added = [experiment for experiment in current if experiment not in known]
             if added:
                 results.update(await self._search(missed, added, shared=False))
             await self._share(
-                {key: out for key in missed if not isinstance(out := results[key], Unavailable)}
+                {
+                    key: out
+                    for key in missed
+                    if not isinstance(out := results[key], Unavailable | Refused)
+                }
             )
         return results
 
@@ -441,7 +455,7 @@ class LineageResolver:
         results: dict[Key, Outcome] = {}
         for (job_keys, _), outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                results.update(dict.fromkeys(job_keys, unavailable_of(outcome)))
+                results.update(dict.fromkeys(job_keys, failure_of(outcome)))
             else:
                 results.update(outcome)
         return results
@@ -521,7 +535,8 @@ class LineageResolver:
     async def fetch_workflow_runs(self, workflow_id: str) -> list[RunRecord]:
         """Every run tagged with this workflow id, newest first (up to WORKFLOW_RUNS_MAX).
 
-        Raises MlflowUnavailableError, TimeoutError or CircuitOpenError when MLflow cannot say.
+        Raises MlflowUnavailableError, TimeoutError or CircuitOpenError when MLflow cannot say,
+        MlflowRequestRefusedError when it refuses the search.
         The newest is the workflow's latest run: lineage keeps it as this workflow's outcome.
         """
         await self.until_warm()
@@ -565,11 +580,13 @@ class LineageResolver:
             if current.is_recording():
                 found = sum(isinstance(o, RunRef) for o in outcomes)
                 failed = sum(isinstance(o, Unavailable) for o in outcomes)
+                refused = sum(isinstance(o, Refused) for o in outcomes)
                 current.set_attributes(
                     {
                         "lineage.found": found,
-                        "lineage.not_found": len(outcomes) - found - failed,
+                        "lineage.not_found": len(outcomes) - found - failed - refused,
                         "lineage.unavailable": failed,
+                        "lineage.refused": refused,
                     }
                 )
                 if failed:
@@ -669,11 +686,14 @@ def _checked_experiments(
 
 
 # What a lookup raises when MLflow cannot answer (anything else is a bug).
-LOOKUP_FAILURES = (MlflowUnavailableError, TimeoutError, CircuitOpenError)
+OUTAGES = (MlflowUnavailableError, TimeoutError, CircuitOpenError)
+# ... and when it answers by refusing the request.
+LOOKUP_FAILURES = (*OUTAGES, MlflowRequestRefusedError)
 
 
 def unavailable_of(exc: BaseException) -> Unavailable:
-    """Why a lookup failed, as readers are told."""
+    """Why a lookup failed, as readers are told: the gateway's own words, never MLflow's
+    (its text is logged where it is read: `mlflow.server_error`, `mlflow.refused`)."""
     if isinstance(exc, CircuitOpenError):
         return Unavailable("MLflow circuit open after repeated failures")
     if isinstance(exc, TimeoutError):
@@ -681,3 +701,10 @@ def unavailable_of(exc: BaseException) -> Unavailable:
     if isinstance(exc, MlflowUnavailableError):
         return Unavailable(f"MLflow unavailable: {exc}")
     return Unavailable(f"MLflow lookup failed: {type(exc).__name__}")
+
+
+def failure_of(exc: BaseException) -> Unavailable | Refused:
+    """A failed lookup's outcome: Refused when MLflow refused it (4xx), else Unavailable."""
+    if isinstance(exc, MlflowRequestRefusedError):
+        return Refused()
+    return unavailable_of(exc)

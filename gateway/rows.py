@@ -64,7 +64,7 @@ def without_snapshot(metadata: Any) -> Any:
 MAX_ARTIFACT_KEY_CHARS = 4096
 # MLflow's artifact layout: <experiment_id>/<run_id>/artifacts/<path>, under any root (an
 # S3 bucket and prefix, mlflow-artifacts:/, a local mlruns/ directory). Run ids are uuid4 hex.
-_MLFLOW_ARTIFACT_KEY = re.compile(r"(?:^|/)\d{1,19}/([0-9a-f]{32})/artifacts/[^/]")
+_MLFLOW_ARTIFACT_KEY = re.compile(r"(?:^|/)[0-9]{1,19}/([0-9a-f]{32})/artifacts/[^/]")
 
 
 def artifact_key_run_id(row: Artifact) -> str | None:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from cachetools import TLRUCache
 
 from gateway.errors import MlflowUnreachableError
-from gateway.lineage import Unavailable
+from gateway.lineage import Refused, Unavailable
+from gateway.mlflow_backend import MlflowRequestRefusedError
 from gateway.mlflow_runs import RunRecord, is_mlflow_id
-from gateway.resolver import LOOKUP_FAILURES, LineageResolver, unavailable_of
+from gateway.resolver import OUTAGES, LineageResolver, unavailable_of
 
 _NOT_KEPT = object()
 # One workflow's runs are few; the details of many runs are kept.
@@ -92,6 +93,8 @@ class RunCatalog:
                 outcome = outcomes[run_id]
                 if isinstance(outcome, Unavailable):
                     results[run_id] = outcome
+                elif isinstance(outcome, Refused):
+                    results[run_id] = None  # reads as not found; not kept, nor an outage
                 elif outcome is None:
                     self._details[run_id] = None
                     results[run_id] = None
@@ -109,14 +112,16 @@ class RunCatalog:
         return found
 
     async def workflow_runs(self, workflow_id: str) -> tuple[RunRecord, ...]:
-        """The workflow's runs, newest first; MlflowUnreachableError when MLflow
-        cannot say."""
+        """The workflow's runs, newest first (none when MLflow refuses the search);
+        MlflowUnreachableError when MLflow cannot say."""
         kept = self._workflows.get(workflow_id)
         if kept is not None:
             return kept
         try:
             runs = tuple(await self.resolver.fetch_workflow_runs(workflow_id))
-        except LOOKUP_FAILURES as exc:
+        except MlflowRequestRefusedError:
+            return ()  # the search's own problem, not an outage: not kept either
+        except OUTAGES as exc:
             raise MlflowUnreachableError(unavailable_of(exc).reason) from exc
         self._workflows[workflow_id] = runs
         return runs

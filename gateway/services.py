@@ -46,7 +46,8 @@ log = structlog.get_logger("gateway")
 
 # Ids are BIGINT on PostgreSQL: anything larger is malformed, not merely absent.
 MAX_ID = 2**63 - 1
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
+# Matched against the whole string: "12\n" is not artifact 12.
+_DIGITS = re.compile(r"[0-9]{1,19}")
 CPU_THREADS = 2
 # Worker processes that parse snapshots for summaries (renders have a pool of their own).
 PARSE_WORKERS = 2
@@ -170,7 +171,7 @@ def build_resolver(
 
 def parse_artifact_id(raw: str) -> int:
     """A positive artifact id from a path segment; InvalidInputError otherwise."""
-    if not _DIGITS.match(raw) or not 1 <= int(raw) <= MAX_ID:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_ID:
         raise InvalidInputError(f"artifact id must be a positive integer, got {raw[:40]!r}")
     return int(raw)
 

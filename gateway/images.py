@@ -248,8 +248,10 @@ class ImageService:
                     return served
                 reason, detail = served.reason, served.detail
             if source == "minio":
+                # The client is told the reason (the gateway's word); the detail, which can
+                # quote the object store's client (hosts, ports, paths), is logged only.
                 self._unavailable(row, reason, detail)
-                raise NotFoundError(f"stored chart unavailable ({reason}): {detail}")
+                raise NotFoundError(f"stored chart unavailable ({reason})")
             self.metrics.chart_fallbacks.labels(reason).inc()
             log.info("chart.fallback", artifact_id=row.id, reason=reason, detail=detail)
             tracing.set_attributes(**{"chart.fallback_reason": reason})

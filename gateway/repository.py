@@ -60,6 +60,18 @@ class Page:
     items: Sequence[Artifact]
     has_next: bool
     listed: Mapping[int, Listed] = field(default_factory=dict)
+    # Set when the page ended at its scan budget: the last row looked at, which the next page
+    # starts after (it may be past the last item, or the page may have no item at all).
+    scanned_to: int | None = None
+
+    @property
+    def next_after(self) -> int | None:
+        """The id the next page starts after; None when no page follows."""
+        if not self.has_next:
+            return None
+        if self.scanned_to is not None:
+            return self.scanned_to
+        return self.items[-1].id if self.items else None
 
     def listing_of(self, row: Artifact) -> Listed | None:
         """What this page knows of the row's metadata; None when the row was read whole."""
@@ -345,7 +357,9 @@ def run_artifact_candidates(
 
     A superset, for lineage to decide: rows storing the run id, and rows without one whose
     metadata names it, whose stored location contains it (MLflow's artifact layout), or that
-    belong to the run's workflow (`workflow_id`, from the run's tag).
+    belong to the workflow `workflow_id`. Callers pass the run's workflow only when the run is
+    that workflow's latest run: the legacy rows of a workflow resolve to its latest run, so for
+    any other run they are not candidates, and reading them would be work bounded by the table.
     """
     dialect = _dialect(session)
     table = Artifact.__table__  # type: ignore[attr-defined]

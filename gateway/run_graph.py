@@ -8,9 +8,11 @@ lineage is a run; `workflow_counts` and `refresh_lineage_gauge` count a workflow
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import structlog
 from sqlmodel import Session
@@ -19,6 +21,7 @@ from strawberry.dataloader import DataLoader
 from gateway import repository
 from gateway.errors import InvalidInputError, MlflowUnreachableError
 from gateway.lineage import Lineage, LineageStatus, Unavailable
+from gateway.mlflow_backend import RunRef
 from gateway.mlflow_runs import RunRecord, is_mlflow_id
 from gateway.models import Artifact
 from gateway.repository import Page
@@ -28,8 +31,9 @@ from gateway.services import Services
 log = structlog.get_logger("gateway")
 # Workflow ids are any text a DAG wrote; longer ones are not looked up.
 MAX_WORKFLOW_ID_CHARS = 256
-# Candidate rows read per query while walking a run's artifacts.
-CANDIDATE_BATCH = 200
+# A page of a run's artifacts looks at up to this many candidates per row it can return: rows
+# that merely look like the run's (its id in their path, its workflow) cost the page that much.
+SCAN_FACTOR = 4
 # The gauge's label other workflows are summed under.
 OTHER_WORKFLOWS = "other"
 
@@ -46,6 +50,23 @@ def check_workflow_id(workflow_id: str) -> str:
     if not workflow_id.strip() or len(workflow_id) > MAX_WORKFLOW_ID_CHARS:
         raise InvalidInputError(f"workflow id must be 1-{MAX_WORKFLOW_ID_CHARS} characters")
     return workflow_id
+
+
+class Keyed(Protocol):
+    """A run's param, metric or tag: entries sorted by a unique key."""
+
+    @property
+    def key(self) -> str: ...
+
+
+K = TypeVar("K", bound=Keyed)
+
+
+def entries_after(entries: Sequence[K], *, first: int, after: str | None) -> Sequence[K]:
+    """Up to `first` of a run's entries (sorted by key, keys unique) whose key sorts after
+    `after`: a page of params, metrics or tags, the key its cursor."""
+    start = 0 if after is None else bisect.bisect_right([e.key for e in entries], after)
+    return entries[start : start + max(first, 0)]
 
 
 class RequestRuns:
@@ -83,21 +104,34 @@ async def run_artifacts(
 ) -> tuple[Page, list[Lineage]]:
     """Artifacts whose lineage is this run, in id order after `after_id` (rows read as lists
     read them), and each row's lineage (already resolved: callers need not resolve it again).
+
     Candidates come from the table, lineage decides: a workflow's legacy rows belong to its
-    latest run only, and a row storing the run id always belongs to it."""
+    latest run only (so they are candidates of that run alone), and a row storing the run id
+    always belongs to it. The work of a page is bounded by the page: it looks at no more than
+    `scan_budget(first)` candidates, and when those hold fewer than `first` matches, the page
+    ends early, with `has_next` and a cursor at the last row looked at (`Page.scanned_to`).
+    """
+    workflow_id = await _own_workflow(services, run)
+    budget = scan_budget(first)
     matched: list[tuple[Artifact, repository.Listed | None, Lineage]] = []
     cursor = after_id
-    while len(matched) <= first:
+    scanned = 0
+    more = False
+    last_scanned = after_id
+    # A first read of one page plus one (enough when most candidates match), then the rest of
+    # the budget: two queries at most.
+    for limit in (first + 1, budget - first - 1):
         page = await repository.run_in_session(
             services.engine,
             repository.run_artifact_candidates,
             run_id=run.run_id,
-            workflow_id=run.workflow_id,
+            workflow_id=workflow_id,
             after_id=cursor,
-            limit=CANDIDATE_BATCH,
+            limit=limit,
         )
-        if not page.items:
-            break
+        scanned += len(page.items)
+        if page.items:
+            last_scanned = page.items[-1].id
         lineages = await services.resolver.resolve_rows(page.items)
         for row, lineage in zip(page.items, lineages, strict=True):
             if lineage.status is LineageStatus.UNAVAILABLE:
@@ -105,15 +139,44 @@ async def run_artifacts(
                 raise MlflowUnreachableError(lineage.reason or "MLflow unavailable")
             if lineage.run_id == run.run_id and row.id is not None:
                 matched.append((row, page.listing_of(row), lineage))
-        if not page.has_next:
+        more = page.has_next
+        if not page.items or not page.has_next or len(matched) > first:
             break
         cursor = page.items[-1].id
     kept = matched[:first]
     listed = {
         row.id: listing for row, listing, _ in kept if row.id is not None and listing is not None
     }
-    page = Page(items=[row for row, _, _ in kept], has_next=len(matched) > first, listed=listed)
-    return page, [lineage for _, _, lineage in kept]
+    items = [row for row, _, _ in kept]
+    if len(matched) > first:
+        result = Page(items=items, has_next=True, listed=listed)
+    elif more:
+        # The budget ran out before the page filled: the next page starts after the last row
+        # looked at, so a walk of the pages still visits every candidate once.
+        result = Page(items=items, has_next=True, listed=listed, scanned_to=last_scanned)
+    else:
+        result = Page(items=items, has_next=False, listed=listed)
+    log.debug("run_artifacts.page", run_id=run.run_id, scanned=scanned, matched=len(kept))
+    return result, [lineage for _, _, lineage in kept]
+
+
+def scan_budget(first: int) -> int:
+    """Candidate rows one page of a run's artifacts may look at."""
+    return SCAN_FACTOR * (first + 1)
+
+
+async def _own_workflow(services: Services, run: RunRecord) -> str | None:
+    """The run's workflow when the run is that workflow's latest run (whose legacy rows are
+    then its candidates), else None. MlflowUnreachableError when MLflow cannot say: which
+    rows are the run's would be unknown."""
+    if run.workflow_id is None:
+        return None
+    (outcome,) = await services.resolver.load_batch([("workflow", run.workflow_id)])
+    if isinstance(outcome, Unavailable):
+        raise MlflowUnreachableError(outcome.reason)
+    # A refused lookup leaves the workflow's rows unresolved: the run's no more than any other's.
+    mine = isinstance(outcome, RunRef) and outcome.run_id == run.run_id
+    return run.workflow_id if mine else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,23 +8,29 @@ page shows exactly what the API answers.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import pandas as pd
 import structlog
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import Scope
 
 from gateway import repository
 from gateway.errors import GatewayError, InvalidInputError, NotFoundError
 from gateway.images import ChartImage, Source
 from gateway.lineage import LineageView, lineage_view
+from gateway.mlflow_runs import MAX_KEY_CHARS
 from gateway.models import Artifact, ArtifactType
 from gateway.problems import retry_after, status_of
 from gateway.rows import created_at_of, effective_workflow_id, json_field, meta_dict
@@ -32,6 +38,7 @@ from gateway.run_graph import (
     RequestRuns,
     check_run_id,
     check_workflow_id,
+    entries_after,
     run_artifacts,
     workflow_counts,
 )
@@ -51,6 +58,11 @@ templates = Jinja2Templates(directory=HERE / "templates")
 log = structlog.get_logger("gateway")
 
 PAGE_SIZE = 25
+# A run's params and metrics shown per page: MLflow runs hold thousands of each, and a value
+# is up to 8,000 characters (a page of 50 is at most about 0.4 MB of them).
+RUN_ENTRIES_PAGE = 50
+# The artifact page shows the first few and links to the run page for the rest.
+ARTIFACT_RUN_ENTRIES = 20
 MAX_FILTER_CHARS = 200
 _TYPES = tuple(t.value for t in ArtifactType)
 # Pages load only their own stylesheet and images; forms post nowhere but here.
@@ -58,7 +70,23 @@ HTML_CSP = (
     "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
-_WORD = re.compile(r"^[A-Za-z0-9._:\-/ ]*$")
+_WORD = re.compile(r"[A-Za-z0-9._:\-/ ]*")
+
+
+class AnyTextConvertor(Convertor[str]):
+    """A path parameter of any text, newlines included (Starlette's `path` stops at one, so a
+    workflow id holding a newline would match no route, or match with its tail cut off)."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", AnyTextConvertor())
 
 
 @dataclass(frozen=True)
@@ -88,7 +116,7 @@ def _text_filter(request: Request, name: str) -> str | None:
     raw = request.query_params.get(name, "").strip()
     if not raw:
         return None
-    if len(raw) > MAX_FILTER_CHARS or not _WORD.match(raw):
+    if len(raw) > MAX_FILTER_CHARS or not _WORD.fullmatch(raw):
         raise InvalidInputError(
             f"{name} may hold up to {MAX_FILTER_CHARS} letters, digits, spaces and ._:-/"
         )
@@ -276,6 +304,11 @@ class RunPanel:
     experiment_name: str | None
     params: list[tuple[str, str]]
     metrics: list[tuple[str, str, str]]
+    param_count: int
+    metric_count: int
+    # Where the rest of the params (metrics) are: the next page, or the run page.
+    params_more: str | None
+    metrics_more: str | None
     url: str | None
     page: str
     workflow_page: str | None
@@ -285,17 +318,72 @@ def _stamp(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "unknown"
 
 
-def run_page_url(run_id: str) -> str:
-    return f"/ui/runs/{quote(run_id, safe='')}"
+def run_page_url(run_id: str, **query: str | int | None) -> str:
+    """The run page, with its paging cursors."""
+    return _with_query(f"/ui/runs/{quote(run_id, safe='')}", query)
 
 
-def workflow_page_url(workflow_id: str) -> str:
-    return f"/ui/workflows/{quote(workflow_id, safe='')}"
+def _with_query(path: str, query: dict[str, str | int | None]) -> str:
+    given = urlencode({k: v for k, v in query.items() if v is not None})
+    return f"{path}?{given}" if given else path
 
 
-def run_panel(view: RunView) -> RunPanel:
-    """A run view in the pages' words."""
+def workflow_page_url(workflow_id: str, *, after: int | None = None) -> str | None:
+    """The workflow page of any workflow id the page can show (None for one it cannot: blank
+    or too long). Every id is one path segment (its / encoded), except `.` and `..`, which
+    browsers resolve away even encoded: those go in the query string."""
+    try:
+        check_workflow_id(workflow_id)
+    except InvalidInputError:
+        return None
+    if workflow_id in (".", ".."):
+        return _with_query("/ui/workflows", {"id": workflow_id, "after": after})
+    return _with_query(f"/ui/workflows/{quote(workflow_id, safe='')}", {"after": after})
+
+
+@dataclass(frozen=True)
+class RunCursors:
+    """Where the run page's three lists start: params, metrics (keys) and artifacts (an id)."""
+
+    params_after: str | None = None
+    metrics_after: str | None = None
+    after: int | None = None
+
+    def url(self, run_id: str, **override: str | int | None) -> str:
+        """The run page at these cursors, some replaced."""
+        values: dict[str, str | int | None] = {
+            "params_after": self.params_after,
+            "metrics_after": self.metrics_after,
+            "after": self.after,
+            **override,
+        }
+        return run_page_url(run_id, **values)
+
+
+def _key_cursor(request: Request, name: str) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if len(raw) > MAX_KEY_CHARS:
+        raise InvalidInputError(f"{name} must be a key of at most {MAX_KEY_CHARS} characters")
+    return raw
+
+
+def run_panel(
+    view: RunView, *, entries: int = ARTIFACT_RUN_ENTRIES, cursors: RunCursors | None = None
+) -> RunPanel:
+    """A run view in the pages' words: `entries` params and metrics, from the run page's
+    cursors when given (else the first ones, the rest a link to the run page)."""
     run = view.record
+    start = cursors or RunCursors()
+    params = entries_after(run.params, first=entries, after=start.params_after)
+    metrics = entries_after(run.metrics, first=entries, after=start.metrics_after)
+    page = run_page_url(run.run_id)
+    params_more = metrics_more = None
+    if params and params[-1].key != run.params[-1].key:
+        params_more = cursors.url(run.run_id, params_after=params[-1].key) if cursors else page
+    if metrics and metrics[-1].key != run.metrics[-1].key:
+        metrics_more = cursors.url(run.run_id, metrics_after=metrics[-1].key) if cursors else page
     return RunPanel(
         run_id=run.run_id,
         name=run.name,
@@ -304,17 +392,21 @@ def run_panel(view: RunView) -> RunPanel:
         end=_stamp(run.end_time) if run.end_time is not None else "not ended",
         experiment_id=run.experiment_id,
         experiment_name=view.experiment_name,
-        params=[(p.key, p.value) for p in run.params],
+        params=[(p.key, p.value) for p in params],
         metrics=[
             (
                 m.key,
                 f"{m.value:g}" if m.value is not None else "not a number",
                 str(m.step) if m.step is not None else "—",
             )
-            for m in run.metrics
+            for m in metrics
         ],
+        param_count=len(run.params),
+        metric_count=len(run.metrics),
+        params_more=params_more,
+        metrics_more=metrics_more,
         url=view.url,
-        page=run_page_url(run.run_id),
+        page=page,
         workflow_page=workflow_page_url(run.workflow_id) if run.workflow_id else None,
     )
 
@@ -337,28 +429,50 @@ async def run_detail(request: Request) -> Response:
     services = services_of(request)
     try:
         after = _after(request)
+        cursors = RunCursors(
+            params_after=_key_cursor(request, "params_after"),
+            metrics_after=_key_cursor(request, "metrics_after"),
+            after=after,
+        )
         view = await RequestRuns(services.runs).by_id(check_run_id(request.path_params["run_id"]))
         if view is None:
             raise NotFoundError("MLflow has no run with this id")
         page, lineages = await run_artifacts(services, view.record, first=PAGE_SIZE, after_id=after)
     except GatewayError as exc:
         return error_page(request, exc)
+    run_id = view.record.run_id
+    next_after = page.next_after
     return render(
         request,
         "run_detail.html",
-        run=run_panel(view),
+        run=run_panel(view, entries=RUN_ENTRIES_PAGE, cursors=cursors),
         rows=_rows(services, page.items, lineages),
         after=after,
-        next_after=page.items[-1].id if page.has_next and page.items else None,
+        first_page=cursors.url(run_id, after=None) if after else None,
+        next_page=cursors.url(run_id, after=next_after) if next_after is not None else None,
+        entries_start=(
+            cursors.url(run_id, params_after=None, metrics_after=None)
+            if cursors.params_after or cursors.metrics_after
+            else None
+        ),
     )
 
 
 async def workflow_detail(request: Request) -> Response:
     """GET /ui/workflows/{workflow_id}: lineage completeness, the runs, the artifacts."""
+    return await _workflow_page(request, request.path_params["workflow_id"])
+
+
+async def workflow_by_query(request: Request) -> Response:
+    """GET /ui/workflows?id=...: the workflow page of an id no path can carry (`.`, `..`)."""
+    return await _workflow_page(request, request.query_params.get("id", ""))
+
+
+async def _workflow_page(request: Request, raw_id: str) -> Response:
     services = services_of(request)
     try:
         after = _after(request)
-        workflow_id = check_workflow_id(request.path_params["workflow_id"])
+        workflow_id = check_workflow_id(raw_id)
         counts = await workflow_counts(services, workflow_id)
         if counts.artifacts == 0:
             raise NotFoundError("no artifact in the table belongs to this workflow")
@@ -375,7 +489,7 @@ async def workflow_detail(request: Request) -> Response:
     runs_problem = None
     try:
         found = await services.runs.workflow_runs(workflow_id)
-        runs = [run_panel(services.runs.view(run)) for run in found]
+        runs = [run_panel(services.runs.view(run), entries=0) for run in found]
     except GatewayError as exc:  # MLflow down: the counts and artifacts still stand
         runs_problem = str(exc)
     lineages = await services.resolver.resolve_rows(page.items)
@@ -387,9 +501,13 @@ async def workflow_detail(request: Request) -> Response:
         runs=runs,
         runs_problem=runs_problem,
         rows=_rows(services, page.items, lineages),
-        page=workflow_page_url(workflow_id),
         after=after,
-        next_after=page.items[-1].id if page.has_next and page.items else None,
+        first_page=workflow_page_url(workflow_id) if after else None,
+        next_page=(
+            workflow_page_url(workflow_id, after=page.next_after)
+            if page.next_after is not None
+            else None
+        ),
     )
 
 
@@ -431,8 +549,8 @@ async def artifact_detail(request: Request) -> Response:
         unresolved=lineage.unresolved,
         run_url=lineage.run_url,
         experiment_url=lineage.experiment_url,
-        workflow_id=effective_workflow_id(row),
-        workflow_page=workflow_page_url(wf) if (wf := effective_workflow_id(row)) else None,
+        workflow_id=(wf := effective_workflow_id(row)),
+        workflow_page=workflow_page_url(wf) if wf else None,
         run=run,
         run_problem=run_problem,
     )
@@ -469,14 +587,68 @@ async def ui_root(_request: Request) -> Response:
     return RedirectResponse("/ui/artifacts", status_code=307)
 
 
-def ui_routes() -> list[Route | Mount]:
-    """The /ui pages and their stylesheet."""
+class PageStaticFiles(StaticFiles):
+    """The pages' stylesheet; a file it does not have is an HTML page, like every /ui answer."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        """The file, or the HTML page of the HTTP error serving it gives."""
+        try:
+            return await super().get_response(path, scope)
+        except HTTPException as exc:
+            return _status_page(Request(scope), exc.status_code, exc.headers)
+
+
+def _status_page(
+    request: Request, status: int, headers: Mapping[str, str] | None = None
+) -> Response:
+    title = HTTPStatus(status).phrase
+    detail = {
+        404: "There is no page at this address.",
+        405: "This page only answers GET requests.",
+    }.get(status, title)
+    response = render(request, "error.html", status_code=status, title=title, detail=detail)
+    response.headers.update(headers or {})
+    return response
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _page_routes() -> list[Route]:
     return [
         Route("/ui", ui_root, methods=["GET"]),
         Route("/ui/artifacts", artifact_list, methods=["GET"]),
         Route("/ui/artifacts/{artifact_id}", artifact_detail, methods=["GET"]),
         Route("/ui/artifacts/{artifact_id}/compare", artifact_compare, methods=["GET"]),
         Route("/ui/runs/{run_id}", run_detail, methods=["GET"]),
-        Route("/ui/workflows/{workflow_id:path}", workflow_detail, methods=["GET"]),
-        Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static"),
+        Route("/ui/workflows", workflow_by_query, methods=["GET"]),
+        Route("/ui/workflows/{workflow_id:anytext}", workflow_detail, methods=["GET"]),
+    ]
+
+
+def ui_routes() -> list[Route | Mount]:
+    """The /ui pages, their stylesheet, and the HTML answer for any other /ui path or method
+    (people get pages; problem documents are for programs)."""
+    pages = _page_routes()
+
+    async def not_a_page(request: Request) -> Response:
+        if request.url.path == "/ui/":
+            return RedirectResponse("/ui/artifacts", status_code=307)
+        allowed = sorted(
+            {
+                method
+                for route in pages
+                if route.matches(request.scope)[0] is Match.PARTIAL
+                for method in route.methods or ()
+            }
+        )
+        if allowed:
+            return _status_page(request, 405, {"Allow": ", ".join(allowed)})
+        return _status_page(request, 404)
+
+    return [
+        *pages,
+        Mount("/ui/static", PageStaticFiles(directory=HERE / "static"), name="static"),
+        # Every method: a POST or a DELETE under /ui gets a page too (Route's default is GET).
+        Route("/ui/{rest:anytext}", not_a_page, methods=list(_METHODS)),
     ]

@@ -9,8 +9,14 @@ Depth, alias and token limits bound the document; these bound the work it asks f
 The prices (README, "Limits"): a row 1, `lineage`/`runId`/`experimentId`/`run` 1 (MLflow,
 batched), `chartData` 2, `metadata` 5 (it carries the snapshot), `snapshotBars`/`snapshotRange`
 20 (a snapshot parse), `workflow` 2 (two counts), `runs` 5 (a search), `repairLineage` 100;
-everything else 0. Every `artifacts` connection (the list, a run's, a workflow's) multiplies
-what it selects by its `first` (default 50, at most 100).
+everything else 0. Every list is priced by its real bound:
+- every `artifacts` connection (the list, a run's, a workflow's) multiplies what it selects by
+  its `first` (default 50, at most 100);
+- a workflow's `runs` multiplies what it selects by its `first` (default and at most 200, what
+  one search returns);
+- a run's `params`, `metrics` and `tags` come from MLflow, which holds thousands of each: each
+  entry a page can return costs 1 (`first`, default 100, at most 500), so a page of them is
+  bounded in bytes too (a value is at most 8,000 characters).
 """
 
 from __future__ import annotations
@@ -45,9 +51,27 @@ FIELD_COST: dict[str, int] = {
     "snapshotRange": 20,
     "repairLineage": 100,
 }
-# List fields: their `first` argument multiplies everything selected below them.
-LIST_DEFAULT_FIRST: dict[str, int] = {"artifacts": 50}
-MAX_FIRST = 100
+# List fields: their `first` argument (default, most allowed) multiplies everything selected
+# below them. The bounds are the resolvers' own (types.MAX_PAGE, runs.WORKFLOW_RUNS_PAGE_MAX,
+# runs.MAX_ENTRIES_PAGE); a test checks they agree.
+LIST_DEFAULT_FIRST: dict[str, int] = {
+    "artifacts": 50,
+    "runs": 200,
+    "params": 100,
+    "metrics": 100,
+    "tags": 100,
+}
+LIST_MAX_FIRST: dict[str, int] = {
+    "artifacts": 100,
+    "runs": 200,
+    "params": 500,
+    "metrics": 500,
+    "tags": 500,
+}
+MAX_FIRST = LIST_MAX_FIRST["artifacts"]
+# Lists whose every entry is work of its own (MLflow's, and bytes in the answer), selected or
+# not: each costs this much on top of what is selected below it.
+ENTRY_COST: dict[str, int] = {"params": 1, "metrics": 1, "tags": 1}
 # Deeper than the depth limit allows; the walk stops there instead of recursing on.
 MAX_WALK_DEPTH = 64
 
@@ -82,7 +106,7 @@ def _page_size(field: FieldNode, variables: Mapping[str, Any]) -> int:
             given = variables.get(value.name.value)
             if isinstance(given, int) and not isinstance(given, bool):
                 first = given
-    return max(1, min(first, MAX_FIRST))
+    return max(1, min(first, LIST_MAX_FIRST[field.name.value]))
 
 
 def operation_cost(
@@ -126,7 +150,7 @@ class _CostWalk:
         name = field.name.value
         total = FIELD_COST.get(name, 0)
         if field.selection_set is not None:
-            below = self.cost(field.selection_set, depth=depth + 1)
+            below = self.cost(field.selection_set, depth=depth + 1) + ENTRY_COST.get(name, 0)
             if name in LIST_DEFAULT_FIRST:
                 below *= _page_size(field, self.variables)
             total += below

@@ -254,9 +254,10 @@ def connection_of(page: Page) -> ArtifactConnection:
         for row in page.items
         if row.id is not None
     ]
+    # A page that ended at its scan budget ends at the last row it looked at, which may be
+    # past its last edge (or the page may have none): the next page starts there.
+    end = page.scanned_to if page.has_next and page.scanned_to is not None else None
+    end_cursor = encode_cursor(end) if end is not None else (edges[-1].cursor if edges else None)
     return ArtifactConnection(
-        edges=edges,
-        page_info=PageInfo(
-            has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None
-        ),
+        edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=end_cursor)
     )

@@ -21,11 +21,13 @@ from tests.servers import free_port
 from tests.support import UI, lineage_settings
 
 SEARCHES = "/api/2.0/mlflow/runs/search"
+# Each entry of a run's params, metrics and tags costs 1: a page of 40 runs asks for 5 of each
+# (these runs hold at most 3) to stay within the default cost budget.
 RUN_FIELDS = """
-    id name status startTime endTime experimentId experimentName url
-    params { key value } metrics { key value step timestamp } tags { key value }
+    id name status startTime endTime experimentId experimentName url params(first: 5) { key value }
+    metrics(first: 5) { key value step timestamp } tags(first: 5) { key value }
 """
-PAGE = f"{{ artifacts(first: 100) {{ edges {{ node {{ id runId run {{ {RUN_FIELDS} }} }} }} }} }}"
+PAGE = f"{{ artifacts(first: 40) {{ edges {{ node {{ id runId run {{ {RUN_FIELDS} }} }} }} }} }}"
 
 
 @pytest.fixture

@@ -37,8 +37,14 @@ log = structlog.get_logger("gateway")
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the gateway; every client and engine is created in the lifespan, none at import."""
     settings = settings if settings is not None else Settings()
-    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    configure_logging(
+        log_format=settings.log_format,
+        level=settings.log_level,
+        max_line_bytes=settings.log_max_line_bytes,
+    )
     traced = tracing.configure()
+    # Always: a worker job's carrier is made with it too, traced or not.
+    tracing.configure_propagation(trust_baggage=settings.trace_trust_baggage)
     metrics_ = Metrics()
 
     @asynccontextmanager

@@ -25,7 +25,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     # uvicorn's loggers go through the gateway's structlog configuration (log_config=None keeps
     # uvicorn from installing its plain-text handlers), so the stream stays JSON lines.
-    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    configure_logging(
+        log_format=settings.log_format,
+        level=settings.log_level,
+        max_line_bytes=settings.log_max_line_bytes,
+    )
     serve(
         settings,
         host=args.host,
@@ -301,7 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"gateway: configuration refused: {error['msg']}", file=sys.stderr)
         return 2
     # Logs go to stderr so the command's own output (tables, SDL) stays clean on stdout.
-    configure_logging(log_format=settings.log_format, level=settings.log_level, stream=sys.stderr)
+    configure_logging(
+        log_format=settings.log_format,
+        level=settings.log_level,
+        stream=sys.stderr,
+        max_line_bytes=settings.log_max_line_bytes,
+    )
     code: int = args.handler(args, settings)
     return code
 

@@ -8,6 +8,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -19,7 +20,11 @@ from gateway import strictjson, tracing
 
 REQUEST_ID_HEADER = "x-request-id"
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Matched whole (`fullmatch`): with `match`, `$` also matches before a final newline, and an
+# id ending in "\n" would be echoed in a response header and written into log lines.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Fields kept when a line is still too long after its values were cut (many long fields).
+_ESSENTIAL_FIELDS = ("event", "level", "timestamp", "logger", "request_id", "trace_id", "span_id")
 
 log = structlog.get_logger("gateway")
 
@@ -39,14 +44,66 @@ def add_trace_ids(
     return event_dict
 
 
+class LineCap:
+    """A renderer whose lines are at most `max_bytes` of UTF-8: a longer line is rendered again
+    with its longest values cut (containers as their JSON text) and a `truncated` field naming
+    them (`true` and `fields_dropped` when even that is too long: only the essentials are
+    kept). Whatever a client sends (a path, a header a library quotes in a warning) costs the
+    log at most one line's worth."""
+
+    def __init__(self, renderer: Callable[..., Any], max_bytes: int) -> None:
+        self.renderer = renderer
+        self.max_bytes = max_bytes
+
+    def __call__(self, logger: Any, method: str, event_dict: structlog.types.EventDict) -> Any:
+        line = self.renderer(logger, method, dict(event_dict))
+        if self._fits(line):
+            return line
+        cut = dict(event_dict)
+        truncated: set[str] = set()
+        limit = self.max_bytes // 4
+        while limit >= 16:
+            for key, value in cut.items():
+                if key == "truncated":
+                    continue
+                text = value if isinstance(value, str) else None
+                if text is None and not isinstance(value, (int, float, bool, type(None))):
+                    text = strictjson.dumps(value, default=str)
+                if text is not None and len(text) > limit:
+                    cut[key] = text[:limit] + "…"
+                    truncated.add(key)
+            cut["truncated"] = sorted(truncated)
+            line = self.renderer(logger, method, dict(cut))
+            if self._fits(line):
+                return line
+            limit //= 2
+        # Too many fields to name: the essentials, and how many fields were left out.
+        essential: dict[str, Any] = {key: cut[key] for key in _ESSENTIAL_FIELDS if key in cut}
+        essential["truncated"] = True
+        essential["fields_dropped"] = len(set(cut) - set(essential))
+        return self.renderer(logger, method, essential)
+
+    def _fits(self, line: Any) -> bool:
+        if not isinstance(line, str):
+            return True
+        return len(line) * 4 <= self.max_bytes or (
+            len(line.encode("utf-8", "replace")) <= self.max_bytes
+        )
+
+
 def configure_logging(
-    *, log_format: str, level: str = "info", stream: TextIO | None = None
+    *,
+    log_format: str,
+    level: str = "info",
+    stream: TextIO | None = None,
+    max_line_bytes: int = 8192,
 ) -> None:
     """Configure structlog once per process: JSON lines, or console output when asked for.
 
     Standard-library loggers (uvicorn's, MLflow's) go through the same processors and
     renderer, so the stream stays one JSON object per line and every line written while a
-    request is served carries its `request_id`. JSON is strict (`gateway.strictjson`): a NaN
+    request is served carries its `request_id`. No line is longer than `max_line_bytes`
+    (`LineCap`). JSON is strict (`gateway.strictjson`): a NaN
     or a lone surrogate in an event becomes null or U+FFFD, never an invalid line.
 
     structlog's configuration is process-wide; later calls (a second app in the same process,
@@ -72,6 +129,7 @@ def configure_logging(
             )
         )
         renderer = structlog.processors.JSONRenderer(serializer=strictjson.dumps)
+    renderer = LineCap(renderer, max_line_bytes)
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
         processors=[*shared, renderer],
@@ -236,7 +294,7 @@ def _request_id_from(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
             candidate = str(value.decode("latin-1"))
-            if _VALID_REQUEST_ID.match(candidate):
+            if _VALID_REQUEST_ID.fullmatch(candidate):
                 return candidate
             break
     return uuid.uuid4().hex

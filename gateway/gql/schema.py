@@ -11,7 +11,7 @@ from typing import Any
 import strawberry
 import structlog
 from cachetools import LRUCache
-from graphql import GraphQLError, print_ast
+from graphql import GraphQLError, OperationDefinitionNode, print_ast
 from strawberry.extensions import (
     DisableIntrospection,
     MaskErrors,
@@ -292,8 +292,11 @@ class QueryBudget(SchemaExtension):
 
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
-        problem = self._problem()
+        # The spec's operation choice comes first: an ambiguous document is priced and run never.
+        problem = _ambiguous_operation(context)
         if problem is not None:
+            context.pre_execution_errors = [GraphQLError(problem)]
+        elif (problem := self._problem()) is not None:
             context.pre_execution_errors = [
                 GraphQLError(problem, extensions={"code": "QUERY_TOO_COSTLY"})
             ]
@@ -328,6 +331,19 @@ class QueryBudget(SchemaExtension):
                 "(GATEWAY_MAX_QUERY_COST): ask for a smaller page or fewer costly fields"
             )
         return None
+
+
+def _ambiguous_operation(context: ExecutionContext) -> str | None:
+    """The GraphQL spec's GetOperation: without an operationName the document must hold exactly
+    one operation. (Strawberry names the first one when none is given, and would run it.)"""
+    document = context.graphql_document
+    # `provided_operation_name` is an InitVar: what the client sent is kept under this name.
+    if document is None or getattr(context, "_provided_operation_name", None) is not None:
+        return None
+    operations = sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
+    if operations > 1:
+        return "Must provide operation name if query contains multiple operations."
+    return None
 
 
 class OperationSpans(OpenTelemetryExtension):

@@ -26,7 +26,7 @@ from gateway.routes import artifact_image, get_artifact, healthz, metrics, ready
 from gateway.run_graph import lineage_gauge_task
 from gateway.services import open_services
 from gateway.settings import Settings
-from gateway.ui import ui_routes, unexpected_error_page
+from gateway.ui import deadline_page, ui_routes, unexpected_error_page
 
 # GraphQL documents are small; anything bigger is an attack or a mistake.
 MAX_BODY_BYTES = 256 * 1024
@@ -111,7 +111,12 @@ def _middleware(settings: Settings, metrics_: Metrics) -> list[Middleware]:
             UnexpectedErrorMiddleware, html_prefix="/ui", html_response=unexpected_error_page
         ),
         # Inside the error handler: a request cut short is never reported as a crash.
-        Middleware(RequestDeadlineMiddleware, timeout_s=settings.request_timeout_s),
+        Middleware(
+            RequestDeadlineMiddleware,
+            timeout_s=settings.request_timeout_s,
+            html_prefix="/ui",
+            html_response=deadline_page,
+        ),
         # The front end calls GraphQL from the browser; no origin is allowed unless listed.
         Middleware(
             CORSMiddleware,

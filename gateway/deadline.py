@@ -6,7 +6,7 @@ expires that timeout when the client disconnects, so no resolver, lookup, parse 
 working for a client that is gone: parses and renders run in worker processes, and a cancelled
 one has its process terminated (`gateway.workers`); a database read already in a thread
 finishes its query, but nothing new starts. Past the deadline a response that has not started
-is a 503 problem with Retry-After.
+is a 503 problem with Retry-After (an HTML page with it, for the paths of pages for people).
 
 Why the watcher is late: almost every request is answered in a millisecond or two, and a
 watcher task per request (with the cancel scope and queue it needs) cost more CPU than the
@@ -20,6 +20,8 @@ import asyncio
 from collections.abc import Callable
 
 import structlog
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.problems import problem
@@ -104,10 +106,21 @@ class ConnectionWatch:
 class RequestDeadlineMiddleware:
     """Cancel a request's work at its deadline or when its client disconnects."""
 
-    def __init__(self, app: ASGIApp, *, timeout_s: float, watch_after_s: float = WATCH_AFTER_S):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        timeout_s: float,
+        watch_after_s: float = WATCH_AFTER_S,
+        html_prefix: str | None = None,
+        html_response: Callable[[Request, float], Response] | None = None,
+    ):
         self.app = app
         self.timeout_s = timeout_s
         self.watch_after_s = watch_after_s
+        # Pages for people answer their deadline with an HTML page, as they answer everything.
+        self.html_prefix = html_prefix
+        self.html_response = html_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -155,11 +168,22 @@ class RequestDeadlineMiddleware:
             return
         if deadline.expired() and not started:
             log.warning("http.deadline_exceeded", path=scope.get("path"), timeout_s=self.timeout_s)
-            response = problem(
-                503,
-                "Service Unavailable",
-                f"the request took longer than GATEWAY_REQUEST_TIMEOUT_S ({self.timeout_s:g} s)",
-                instance=scope.get("path"),
-                headers={"Retry-After": "1"},
-            )
+            path = scope.get("path", "")
+            response: Response
+            if (
+                self.html_prefix is not None
+                and self.html_response is not None
+                and (path == self.html_prefix or path.startswith(self.html_prefix + "/"))
+            ):
+                response = self.html_response(Request(scope), self.timeout_s)
+                response.headers["Retry-After"] = "1"
+            else:
+                limit = f"GATEWAY_REQUEST_TIMEOUT_S ({self.timeout_s:g} s)"
+                response = problem(
+                    503,
+                    "Service Unavailable",
+                    f"the request took longer than {limit}",
+                    instance=path,
+                    headers={"Retry-After": "1"},
+                )
             await response(scope, receive, send)

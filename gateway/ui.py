@@ -159,6 +159,18 @@ def error_page(request: Request, exc: GatewayError) -> Response:
     return response
 
 
+def deadline_page(request: Request, timeout_s: float) -> Response:
+    """The HTML page for a /ui request past GATEWAY_REQUEST_TIMEOUT_S (the API answers a
+    problem document instead)."""
+    return render(
+        request,
+        "error.html",
+        status_code=503,
+        title="Service Unavailable",
+        detail=f"The page took longer than {timeout_s:g} s to make; try again in a moment.",
+    )
+
+
 def unexpected_error_page(request: Request) -> Response:
     """The HTML page for a bug on a /ui path (the API answers a problem document instead)."""
     request_id = request.scope.get("state", {}).get("request_id")

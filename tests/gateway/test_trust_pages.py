@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.faults import RecordingProxy
+from tests.faults import RecordingProxy, SilentListener
 from tests.gateway.test_trust_cost import crowded_run
 from tests.gateway.test_ui import page
 from tests.support import lineage_settings
@@ -85,3 +85,27 @@ def test_the_pages_of_a_run_with_thousands_of_params_are_small_and_paged(
         url = next((a["href"] for a in shown.links if a.get("id") == "params-next"), None)
     assert keys == [f"k{i:04d}" for i in range(1200)]
 
+
+def test_a_page_past_its_deadline_is_an_html_503_page_and_the_api_a_problem(
+    settings: Settings, insert: Callable[..., int]
+) -> None:
+    # MLflow accepts connections and never answers: a legacy row's lookup outlasts a short
+    # request deadline, on a page for people and on the API alike.
+    listener = SilentListener()
+    try:
+        app = create_app(
+            lineage_settings(settings, listener.url, request_timeout_s=0.5, mlflow_timeout_s=5.0)
+        )
+        artifact_id = insert(name="legacy", workflow_id=f"wf-{uuid.uuid4().hex[:8]}")
+        with TestClient(app) as client:
+            ui = client.get(f"/ui/artifacts/{artifact_id}")
+            api = client.get(f"/api/artifacts/{artifact_id}")
+    finally:
+        listener.close()
+    assert ui.status_code == 503
+    assert ui.headers["content-type"].startswith("text/html")
+    assert ui.headers["retry-after"] == "1"
+    assert "took longer than 0.5 s" in ui.text
+    assert api.status_code == 503
+    assert api.headers["content-type"] == "application/problem+json"
+    assert api.headers["retry-after"] == "1"

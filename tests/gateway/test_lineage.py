@@ -253,12 +253,34 @@ def _query_unavailable(client: TestClient, artifact_id: int) -> tuple[dict[str, 
 
 
 def test_mlflow_down_degrades_lineage_only_and_recovers(
+    settings: Settings,
+    engine: Engine,
+    insert: Callable[..., int],
+    mlflow: MlflowClient,
+    experiment: str,
+    mlflow_proxy: RecordingProxy,
+    log_events: list[dict[str, Any]],
+) -> None:
+    # A cool-down long enough that a slow runner's next read still finds the circuit open
+    # (with 0.5 s, a read that took 0.65 s on a loaded machine was the breaker's trial).
+    cooldown_s = 3.0
+    app = create_app(
+        lineage_settings(settings, mlflow_proxy.url, mlflow_breaker_cooldown_s=cooldown_s)
+    )
+    with TestClient(app, raise_server_exceptions=False) as lineage_client:
+        _degrades_and_recovers(
+            lineage_client, insert, mlflow, experiment, mlflow_proxy, log_events, cooldown_s
+        )
+
+
+def _degrades_and_recovers(
     lineage_client: TestClient,
     insert: Callable[..., int],
     mlflow: MlflowClient,
     experiment: str,
     mlflow_proxy: RecordingProxy,
     log_events: list[dict[str, Any]],
+    cooldown_s: float,
 ) -> None:
     wf = f"wf-{uuid.uuid4().hex[:8]}"
     run = make_run(mlflow, experiment, workflow_id=wf)
@@ -278,7 +300,8 @@ def test_mlflow_down_degrades_lineage_only_and_recovers(
     assert "circuit open" in node(lineage_client, artifact_id)["lineage"]["reason"]
 
     mlflow_proxy.start()
-    time.sleep(0.6)  # breaker cool-down (0.5 s in these settings)
+    # Once the cool-down has passed, the next read is the trial that closes the circuit.
+    time.sleep(cooldown_s + 0.1)
     recovered = node(lineage_client, artifact_id)
     assert (recovered["runId"], recovered["lineage"]["status"]) == (run, "HYDRATED")
 

@@ -52,27 +52,50 @@ def tree_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def render_pool_cpu_seconds() -> float:
-    """CPU time of this process's worker processes: its multiprocessing forkserver and every
-    worker forked from it (renders and parses run there), ended workers included.
+def render_pool_ticks() -> dict[int, int]:
+    """Each live process of this process's worker pools (its forkserver and every process below
+    it) with the CPU ticks it spent itself (user + system, not its reaped children's).
 
-    Not this process's own threads: whether a stopped render still burns CPU is a question about
-    the workers, and a test process that ran hundreds of tests before has threads of its own.
+    For "does a stopped render still burn CPU": compare two readings over the processes in
+    both. A worker killed meanwhile is in one reading only, so its past seconds (which reaping
+    adds to the forkserver's children's time, whenever reaping happens) never count, and
+    neither does a replacement worker that started in between; a worker that kept rendering
+    is in both, with its ticks grown.
     """
     me = os.getpid()
-    total = 0.0
+    parents: dict[int, int] = {}
+    states: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or (fields := _proc_stat(int(entry.name))) is None:
-            continue
-        if int(fields[1]) != me:
+        if entry.name.isdigit() and (fields := _proc_stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(fields[1])
+            states[int(entry.name)] = fields
+    roots = []
+    for pid, parent in parents.items():
+        if parent != me:
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError):
             continue
         if b"multiprocessing.forkserver" in cmdline:
-            total += tree_cpu_seconds(int(entry.name))
-    return total
+            roots.append(pid)
+    tree, frontier = set(roots), list(roots)
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier.extend(children)
+    return {
+        pid: int(states[pid][11]) + int(states[pid][12])
+        for pid in tree
+        if states[pid][0] != "Z"  # a zombie is a killed worker not yet reaped: it runs no more
+    }
+
+
+def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds spent between two `render_pool_ticks` readings by the processes in both."""
+    ticks = sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def with_overrides(settings: Settings, **overrides: Any) -> Settings:

@@ -85,6 +85,35 @@ async def closing(*stores: SharedStore) -> None:
         await store.aclose()
 
 
+def read_chart(url: str, name: str, metrics: Metrics, **store: Any) -> tuple[bytes | None, bool]:
+    """The chart a fresh replica's store reads under `chart:<name>`, and whether it still
+    deems Redis available afterwards."""
+
+    async def read() -> tuple[bytes | None, bool]:
+        shared = store_for(url, metrics=metrics, **store)
+        try:
+            return await shared.get_png(shared.key("chart", name)), shared.available
+        finally:
+            await closing(shared)
+
+    return asyncio.run(read())
+
+
+def read_object(url: str, name: str, metrics: Metrics, **store: Any) -> tuple[str | None, bool]:
+    """The object document a fresh replica's store reads under `object:<name>`, and whether it
+    still deems Redis available afterwards."""
+
+    async def read() -> tuple[str | None, bool]:
+        shared = store_for(url, metrics=metrics, **store)
+        try:
+            found = await shared.get_json(shared.key("object", name), etag_check, kind="object")
+            return found, shared.available
+        finally:
+            await closing(shared)
+
+    return asyncio.run(read())
+
+
 # -- charts -------------------------------------------------------------------------------------
 def test_a_chart_copied_under_another_charts_key_is_refused_deleted_and_counted(
     redis_server: RedisServer, redis_url: str
@@ -139,15 +168,7 @@ def test_an_unsigned_broken_png_with_its_own_digest_is_refused(
             "test:chart:cut", mapping={"png": png, "sha256": hashlib.sha256(png).hexdigest()}
         )
     metrics = Metrics()
-
-    async def read() -> bytes | None:
-        store = store_for(redis_url, metrics=metrics)
-        try:
-            return await store.get_png(store.key("chart", "cut"))
-        finally:
-            await closing(store)
-
-    assert asyncio.run(read()) is None
+    assert read_chart(redis_url, "cut", metrics) == (None, True)
     assert rejected(metrics, "chart") == 1
     with redis_server.client() as client:
         assert client.exists("test:chart:cut") == 0
@@ -163,15 +184,7 @@ def test_an_oversized_chart_is_refused_without_being_read(
         )
         before = sent_bytes(client)
     metrics = Metrics()
-
-    async def read() -> tuple[bytes | None, bool]:
-        store = store_for(redis_url, metrics=metrics)
-        try:
-            return await store.get_png(store.key("chart", "big")), store.available
-        finally:
-            await closing(store)
-
-    assert asyncio.run(read()) == (None, True)
+    assert read_chart(redis_url, "big", metrics) == (None, True)
     with redis_server.client() as client:
         assert sent_bytes(client) - before < 64 * 1024, "the oversized value was read"
         assert client.exists("test:chart:big") == 0
@@ -224,15 +237,7 @@ def test_an_unsigned_document_is_refused_deleted_and_counted(
     with redis_server.client() as client:
         client.set("test:object:u", b'{"etag":"forged"}', px=60_000)
     metrics = Metrics()
-
-    async def read() -> str | None:
-        store = store_for(redis_url, metrics=metrics)
-        try:
-            return await store.get_json(store.key("object", "u"), etag_check, kind="object")
-        finally:
-            await closing(store)
-
-    assert asyncio.run(read()) is None
+    assert read_object(redis_url, "u", metrics) == (None, True)
     assert rejected(metrics, "object") == 1
     with redis_server.client() as client:
         assert client.exists("test:object:u") == 0
@@ -245,17 +250,8 @@ def test_an_oversized_document_is_deleted_unread_and_redis_stays_in_use(
         client.set("test:object:huge", b'{"etag":"' + b"x" * (32 * CAP) + b'"}')
         before = sent_bytes(client)
     metrics = Metrics()
-
-    async def read() -> tuple[str | None, bool]:
-        # A short budget: reading 32 MB within it would fail, and mark Redis unavailable.
-        store = store_for(redis_url, metrics=metrics, timeout_s=0.05)
-        try:
-            found = await store.get_json(store.key("object", "huge"), etag_check, kind="object")
-            return found, store.available
-        finally:
-            await closing(store)
-
-    assert asyncio.run(read()) == (None, True)
+    # A short budget: reading 32 MB within it would fail, and mark Redis unavailable.
+    assert read_object(redis_url, "huge", metrics, timeout_s=0.05) == (None, True)
     with redis_server.client() as client:
         assert sent_bytes(client) - before < 64 * 1024, "the oversized value was read"
         assert client.exists("test:object:huge") == 0
@@ -269,15 +265,7 @@ def test_a_document_key_of_another_type_is_refused_and_deleted(
     with redis_server.client() as client:
         client.rpush("test:object:list", b'{"etag":"x"}')
     metrics = Metrics()
-
-    async def read() -> str | None:
-        store = store_for(redis_url, metrics=metrics)
-        try:
-            return await store.get_json(store.key("object", "list"), etag_check, kind="object")
-        finally:
-            await closing(store)
-
-    assert asyncio.run(read()) is None
+    assert read_object(redis_url, "list", metrics) == (None, True)
     assert rejected(metrics, "object") == 1
     with redis_server.client() as client:
         assert client.exists("test:object:list") == 0
@@ -447,15 +435,7 @@ def test_a_signed_chart_that_is_not_whole_current_and_its_own_is_refused(
     with redis_server.client() as client:
         client.hset("test:chart:s", mapping=entry)
     metrics = Metrics()
-
-    async def read() -> bytes | None:
-        store = store_for(redis_url, metrics=metrics, signing_key=SECRET)
-        try:
-            return await store.get_png(store.key("chart", "s"))
-        finally:
-            await closing(store)
-
-    assert asyncio.run(read()) is None
+    assert read_chart(redis_url, "s", metrics, signing_key=SECRET) == (None, True)
     assert rejected(metrics, "chart") == 1
     with redis_server.client() as client:
         assert client.exists("test:chart:s") == 0

@@ -1,9 +1,10 @@
 """Lineage rules: which MLflow run made an artifact, decided from what is known, side-effect free.
 
-Order (DESIGN.md): ids stored on the row -> STORED; a run id (row, else metadata.mlflow_run_id,
-else the one an object key in MLflow's artifact layout names) -> that run's experiment ->
-HYDRATED; a workflow id -> the latest run tagged workflow_id -> HYDRATED; else UNRESOLVED with a
-reason; MLflow unreachable or too slow -> UNAVAILABLE.
+Order (README, "Lineage"): ids stored on the row -> STORED; a run id (row, else
+metadata.mlflow_run_id, else the one an object key in MLflow's artifact layout names) -> that
+run's experiment -> HYDRATED; a workflow id -> the latest run tagged workflow_id -> HYDRATED;
+else UNRESOLVED with a reason (a lookup MLflow refuses, a 4xx, reads as not found; a stored id
+that cannot be MLflow's is never looked up); MLflow unreachable or too slow -> UNAVAILABLE.
 
 This module is the rules and the one shape every client is shown (`lineage_view`); the lookups
 that feed them, with their caches, breaker and warm-up, are `gateway.resolver`.

@@ -112,15 +112,17 @@ end
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """
 # Break a lease only if it is still the one judged (its holder may have let go meanwhile, and
-# another replica taken it rightfully).
+# another replica taken it rightfully): by its shape (ARGV[1] = 'shape': another type, or over
+# the size cap ARGV[3]) or by its value (ARGV[1] = 'value': still exactly ARGV[2], which may
+# be empty).
 _BREAK_LEASE = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then return 0 end
 local judged
-if ARGV[1] == '' then
-  judged = kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[2])
+if ARGV[1] == 'shape' then
+  judged = kind ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[3])
 else
-  judged = kind == 'string' and redis.call('GET', KEYS[1]) == ARGV[1]
+  judged = kind == 'string' and redis.call('GET', KEYS[1]) == ARGV[2]
 end
 if judged then return redis.call('UNLINK', KEYS[1]) end
 return 0
@@ -423,11 +425,13 @@ class SharedStore:
             return False
         self.metrics.redis_rejected.labels("lease").inc()
         log.warning("redis.entry_rejected", key=key, kind="lease", reason=problem)
-        judged = value if isinstance(value, bytes) else b""
+        # A value read back is judged by that value (an empty one included); a lease of
+        # another type or size came back as a reason code and is judged by its shape.
+        mode, judged = ("value", value) if isinstance(value, bytes) else ("shape", b"")
         with contextlib.suppress(ResponseError):
             await self._do(
                 "break_lease",
-                lambda _redis: self._break_lease(keys=[key], args=[judged, MAX_TOKEN_BYTES]),
+                lambda _redis: self._break_lease(keys=[key], args=[mode, judged, MAX_TOKEN_BYTES]),
             )
         return True
 

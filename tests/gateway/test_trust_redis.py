@@ -337,8 +337,9 @@ def produce_once(produced: list[str]) -> Any:
         (b"a-token-nobody-holds", None),  # no TTL: would block the chart until deleted
         (b"a-token-nobody-holds", 3_600_000),  # a TTL past the longest renewal
         (b"x" * (8 * CAP), None),  # huge, no TTL
+        (b"", None),  # empty, no TTL
     ],
-    ids=["no-ttl", "ttl-beyond-renewal", "huge"],
+    ids=["no-ttl", "ttl-beyond-renewal", "huge", "empty"],
 )
 def test_a_lease_no_replica_could_hold_is_broken_and_the_chart_made_within_the_lease_time(
     redis_server: RedisServer, redis_url: str, value: bytes, ttl_ms: int | None

@@ -2,10 +2,15 @@
 
 `json.dumps` is one C call that holds the GIL until the whole text exists: 15 aliases of a big
 page made 172 MB in one go, and `/healthz` waited the second that took (a worker thread would
-not help: the C encoder never releases the GIL). So an answer that may be large is encoded in
-pieces of about `PIECE_CHARS`, each by the C encoder, the loop turning between pieces, and the
-encoding stops as soon as the bytes made pass the cap: a refused answer costs one cap of memory.
-Small answers (almost all) take one `dumps_bytes` call, as before.
+not help: the C encoder never releases the GIL). So an answer is encoded in pieces, each by the
+C encoder, the loop turning whenever about `PIECE_CHARS` have been made, and the encoding stops
+as soon as the bytes made pass the cap: a refused answer costs one cap of memory.
+
+Nothing is walked ahead to guess an answer's size (a walk of a page of 50 artifacts costs more
+than encoding it, and a sampled guess can be fooled by the rows it does not sample). Lists, where
+large answers come from, are encoded a slice of members at a time, the slice sized by what the
+last one made: it shrinks towards one member as members prove large, and a single member that
+is itself large is walked the same way. A small answer takes a handful of encoder calls.
 """
 
 from __future__ import annotations
@@ -14,146 +19,97 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from gateway.strictjson import EncodedJSON, dumps_bytes
+from gateway.strictjson import dumps_bytes
 
-# Encoded at once (~0.3 ms of C encoder): the longest the loop waits for an answer's encoding.
+# About what the loop waits for between turns (~0.3 ms of C encoder).
 PIECE_CHARS = 64 * 1024
+# Members of a list encoded in one call at first; the slice grows while slices stay small.
+FIRST_SLICE = 16
+MAX_SLICE = 1024
+# Dicts this deep or deeper, and members of lists, are encoded whole unless they prove large:
+# GraphQL nests answers as data -> field -> connection -> edges.
+_WALKED_DEPTH = 4
+# Deeper than strict JSON nests: encoded at once (and made strict there).
+_MAX_DEPTH = 64
 
 
 async def encode_answer(value: Any, limit: int) -> bytes | None:
     """`dumps_bytes(value)`, made piece by piece with the loop turning in between; None as soon
     as the answer passes `limit` bytes. Same bytes as `dumps_bytes` for any value whose nesting
     is within `strictjson.MAX_DEPTH` (pieces are made strict one by one)."""
-    if _estimate(value, PIECE_CHARS) <= PIECE_CHARS:
-        body = dumps_bytes(value)
-        return body if len(body) <= limit else None
     pieces: list[bytes] = []
-    size = since_yield = 0
-    for piece in _pieces(value):
+    size = since_turn = 0
+    for piece in _pieces(value, 0):
         pieces.append(piece)
         size += len(piece)
         if size > limit:
             return None
-        since_yield += len(piece)
-        if since_yield >= PIECE_CHARS:
-            since_yield = 0
+        since_turn += len(piece)
+        if since_turn >= PIECE_CHARS:
+            since_turn = 0
             await asyncio.sleep(0)
     return b"".join(pieces)  # one copy (a growing bytearray copied at every doubling)
 
 
-# Lists longer than this are estimated from a few of their members, not walked whole.
-_SAMPLED_LIST = 8
-
-
-def _estimate(value: Any, budget: int, depth: int = 0) -> int:
-    """About how many characters `value` encodes to, from its members' sizes where a list is
-    long (the largest of its first, middle and last member, times its length): a walk of
-    every member costs more than encoding a small answer does (a page of 50 artifacts: 166 us
-    to walk, 141 us to encode). An answer it takes for small is at most one
-    GATEWAY_MAX_RESPONSE_MB encoded at once; the large ones GraphQL makes are long lists."""
-    if isinstance(value, str):
-        return len(value) + 2
-    if isinstance(value, EncodedJSON):
-        return len(value.text)
-    if depth > 64:  # deeper than strict JSON nests: encoded at once, and refused there
-        return 0
-    if isinstance(value, dict):
-        total = 2 + len(value)
-        for key, child in value.items():
-            total += (len(key) + 3 if isinstance(key, str) else 8) + _estimate(
-                child, budget, depth + 1
-            )
-            if total > budget:
-                break
-        return total
-    if isinstance(value, (list, tuple)):
-        if len(value) <= _SAMPLED_LIST:
-            total = 2 + len(value)
-            for child in value:
-                total += _estimate(child, budget, depth + 1)
-                if total > budget:
-                    break
-            return total
-        samples = (value[0], value[len(value) // 2], value[-1])
-        return 2 + len(value) * (1 + max(_estimate(v, budget, depth + 1) for v in samples))
-    return 8
-
-
-def _size_hint(value: Any, budget: int) -> int:
-    """About how many characters `value` encodes to, counted only until past `budget`."""
-    total = 0
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, str):
-            total += len(node) + 2
-        elif isinstance(node, dict):
-            total += 2 + len(node)
-            for key, child in node.items():
-                total += len(key) + 3 if isinstance(key, str) else 8
-                stack.append(child)
-        elif isinstance(node, (list, tuple)):
-            total += 2 + len(node)
-            stack.extend(node)
-        elif isinstance(node, EncodedJSON):
-            total += len(node.text)
+def _pieces(value: Any, depth: int, *, large: bool = False) -> Iterator[bytes]:
+    """The encoding of `value` in pieces; `large`: it proved large, so its dicts are walked at
+    any depth too."""
+    if depth < _MAX_DEPTH and isinstance(value, (list, tuple)) and value:
+        yield from _list_pieces(value, depth)
+    elif depth < _MAX_DEPTH and isinstance(value, dict) and value:
+        if large or depth < _WALKED_DEPTH:
+            yield from _dict_pieces(value, depth, large=large)
         else:
-            total += 8
-        if total > budget:
-            break
-    return total
-
-
-def _pieces(value: Any) -> Iterator[bytes]:
-    """The encoding of `value` in pieces: containers larger than a piece are walked, runs of
-    small members encoded together, one C encoder call each."""
-    if isinstance(value, dict):
-        yield b"{"
-        yield from _members(list(value.items()), keyed=True)
-        yield b"}"
-    elif isinstance(value, (list, tuple)):
-        yield b"["
-        yield from _members(list(value), keyed=False)
-        yield b"]"
-    elif isinstance(value, EncodedJSON):
-        text = value.text
-        for start in range(0, len(text), PIECE_CHARS):
-            yield text[start : start + PIECE_CHARS].encode("utf-8")
+            yield dumps_bytes(value)
     else:
         yield dumps_bytes(value)
 
 
-def _members(members: list[Any], *, keyed: bool) -> Iterator[bytes]:
-    """A container's members, comma separated: each large one walked, small ones grouped."""
+def _dict_pieces(value: dict[Any, Any], depth: int, *, large: bool) -> Iterator[bytes]:
+    """A dict's members: runs of scalars in one call, containers each in pieces of their own."""
+    yield b"{"
     separator = b""
-    group: list[Any] = []
-    group_chars = 0
-
-    def flush() -> bytes:
-        encoded = dumps_bytes(dict(group) if keyed else group)
-        return encoded[1:-1]  # the group's members, without its brackets
-
-    for member in members:
-        child = member[1] if keyed else member
-        chars = _size_hint(child, PIECE_CHARS)
-        if chars <= PIECE_CHARS:
-            group.append(member)
-            group_chars += chars
-            if group_chars >= PIECE_CHARS:
-                yield separator + flush()
-                separator, group, group_chars = b",", [], 0
+    scalars: dict[Any, Any] = {}
+    for key, child in value.items():
+        if not isinstance(child, (list, tuple, dict)):
+            scalars[key] = child
             continue
-        if group:
-            yield separator + flush()
-            separator, group, group_chars = b",", [], 0
-        if keyed:
-            yield separator + _key(member[0]) + b":"
-        else:
-            yield separator
+        if scalars:
+            yield separator + dumps_bytes(scalars)[1:-1]
+            separator, scalars = b",", {}
+        yield separator + _key(key) + b":"
         separator = b","
-        yield from _pieces(child)
-    if group:
-        yield separator + flush()
+        yield from _pieces(child, depth + 1, large=large)
+    if scalars:
+        yield separator + dumps_bytes(scalars)[1:-1]
+    yield b"}"
+
+
+def _list_pieces(value: list[Any] | tuple[Any, ...], depth: int) -> Iterator[bytes]:
+    """A list's members, a slice per encoder call, the slice sized by what the last one made."""
+    yield b"["
+    separator = b""
+    start, step = 0, FIRST_SLICE
+    while start < len(value):
+        if step == 1 and isinstance(value[start], (list, tuple, dict)):
+            # A member as large as a piece on its own: walked in pieces like the answer.
+            yield separator
+            yield from _pieces(value[start], depth + 1, large=True)
+            made = PIECE_CHARS
+            start += 1
+        else:
+            members = value[start : start + step]
+            encoded = dumps_bytes(list(members))[1:-1]  # the members, without the brackets
+            yield separator + encoded
+            made = len(encoded)
+            start += len(members)
+        separator = b","
+        # Aim at a piece per call: fewer members after a large slice, more after small ones.
+        if made > PIECE_CHARS:
+            step = max(1, step // 4)
+        elif made < PIECE_CHARS // 4:
+            step = min(step * 2, MAX_SLICE)
+    yield b"]"
 
 
 def _key(key: Any) -> bytes:

@@ -169,6 +169,42 @@ def test_a_query_far_past_the_response_cap_is_refused_without_building_it(
     assert peak < 1.5 * 15 * 60 * 20_000
 
 
+def test_a_large_answer_whose_first_middle_and_last_rows_are_small_is_encoded_in_pieces() -> None:
+    """No guess from a few rows decides that an answer is small: 97 of these 100 rows hold
+    200 KB each, and the first, middle and last 10 characters."""
+    from gateway.gql.encoding import PIECE_CHARS, encode_answer
+
+    small, large = {"node": {"name": "s" * 10}}, {"node": {"name": "l" * 200_000}}
+    edges = [large] * 100
+    edges[0] = edges[50] = edges[-1] = small
+    value = {"data": {"artifacts": {"edges": edges}}}
+    expected = dumps_bytes(value)
+
+    async def scenario() -> tuple[bytes | None, int]:
+        turns = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal turns
+            while not done:
+                await anyio.lowlevel.checkpoint()
+                turns += 1
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ticker)
+            await anyio.lowlevel.checkpoint()
+            before = turns
+            body = await encode_answer(value, 64 * 1024 * 1024)
+            during = turns - before
+            done = True
+        return body, during
+
+    body, during = anyio.run(scenario)
+    assert body == expected
+    # 19 MB: the loop turns many times (at the most one slice of 16 rows is made at once).
+    assert during >= len(expected) // (16 * 200_000 + PIECE_CHARS), during
+
+
 def test_the_event_loop_turns_while_a_large_answer_is_encoded() -> None:
     """Other tasks run between the pieces of a large answer's encoding: today's encoder was
     one C call that held the loop until the whole text existed. Counted in loop turns, not

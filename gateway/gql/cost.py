@@ -118,7 +118,13 @@ def operation_cost(
         operations = [o for o in operations if o.name and o.name.value == operation_name]
     if len(operations) != 1:
         return 0  # validation reports the missing or ambiguous operation
-    walk = _CostWalk(document, variables or {})
+    # A variable the request leaves out takes its definition's default (`$n: Int = 500`).
+    given: dict[str, Any] = {}
+    for definition in operations[0].variable_definitions or ():
+        if isinstance(definition.default_value, IntValueNode):
+            given[definition.variable.name.value] = int(definition.default_value.value)
+    given.update(variables or {})
+    walk = _CostWalk(document, given)
     return walk.cost(operations[0].selection_set, depth=0)
 
 

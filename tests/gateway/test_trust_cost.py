@@ -58,6 +58,14 @@ def test_params_metrics_and_tags_cost_one_per_entry_they_can_return() -> None:
     assert cost(q, id="r") == 1 + 500 + 7
 
 
+def test_a_page_size_left_to_its_variables_default_is_priced_at_that_default() -> None:
+    q = "query($id: String!, $n: Int! = 500) { %s { params(first: $n) { key } } }" % RUN
+    assert cost(q, id="r") == 1 + 500
+    assert cost(q, id="r", n=3) == 1 + 3  # a value sent wins over the default
+    q = "query($n: Int = 100) { artifacts(first: $n) { edges { node { id } } } }"
+    assert cost(q) == 100  # counted at most 100, the page's own bound
+
+
 def test_the_cost_model_uses_the_bounds_the_resolvers_enforce() -> None:
     assert LIST_DEFAULT_FIRST["artifacts"] == DEFAULT_PAGE
     assert LIST_MAX_FIRST["artifacts"] == MAX_PAGE

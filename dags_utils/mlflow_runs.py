@@ -48,7 +48,8 @@ def _experiment_id(client: Any, name: str) -> str:
 
 
 def _workflow_filter(workflow_id: str) -> str:
-    # The same filter the gateway resolves lineage with, so both sides find the same run.
+    # The exact filter (no LIKE look-alikes: the first run found is taken); the gateway finds
+    # the same run by the same tag value, exactly or through its narrowed LIKE search.
     filter_string = workflow_filter(workflow_id)
     if filter_string is None:
         raise ValueError(f"workflow id {workflow_id!r} cannot be used as an MLflow filter value")

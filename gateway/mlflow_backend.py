@@ -118,9 +118,16 @@ def workflow_search(workflow_id: str) -> WorkflowSearch | None:
 
 def workflow_filter(workflow_id: str) -> str | None:
     """The exact filter `tags.workflow_id = ...`, or None when no exact filter can express the
-    value (see `workflow_search`): callers that take the first run a filter finds need it."""
-    search = workflow_search(workflow_id)
-    return search.filter_string if search is not None and search.exact else None
+    value (both quote kinds, a NUL, or no tag could hold it). For dags_utils, which takes the
+    first run a filter finds, so a LIKE look-alike would not do. Tabs and newlines are sent as
+    they are, as dags_utils wrote them into the tag; the gateway's reads search those with
+    `workflow_search`, which never sends a control character."""
+    if workflow_search(workflow_id) is None or "\x00" in workflow_id:
+        return None
+    for quote in ("'", '"'):
+        if quote not in workflow_id:
+            return f"tags.workflow_id = {quote}{workflow_id}{quote}"
+    return None
 
 
 class SearchBackend:

@@ -87,3 +87,14 @@ def test_a_run_time_in_non_ascii_digits_is_left_out_not_a_crash(start_time: str)
     )
     assert run is not None
     assert run.start_time is None
+
+
+def test_the_exact_filter_dags_utils_uses_keeps_tabs_and_newlines() -> None:
+    from gateway.mlflow_backend import workflow_filter
+
+    # dags_utils writes the tag as the DAG gave it and must find exactly that run again.
+    assert workflow_filter("wf\tone\nline") == "tags.workflow_id = 'wf\tone\nline'"
+    assert workflow_filter("it's") == 'tags.workflow_id = "it\'s"'
+    assert workflow_filter("back\\slash") == "tags.workflow_id = 'back\\slash'"
+    assert workflow_filter("both ' and \"") is None  # no exact filter can hold it
+    assert workflow_filter("nul\x00") is None
